@@ -1,0 +1,125 @@
+"""Evaluators for testing durability and fault handling; real EMT underneath.
+
+``emt-ledger`` counts what the campaign paid for; ``emt-flaky`` fails a seeded
+share of calls in the ways real codes do. Both register as entry points like
+any adapter, so campaigns use them by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+
+from pymatgen.core import Structure
+
+from matforge.adapters.ase_calc import EMTEvaluator
+from matforge.adapters.base import EvaluationError, EvaluationResult
+from matforge.engine.structures import fingerprint
+
+
+class LedgerEMTEvaluator(EMTEvaluator):
+    """EMT that appends one line per completed call to a ledger file.
+
+    The line ``<fingerprint> <energy> <pid>`` is written and fsynced after the
+    relaxation has finished and immediately before the result is returned, so
+    the ledger counts completed (paid) calls: a call killed while computing
+    leaves no line.
+
+    Parameters
+    ----------
+    ledger : path of the ledger file (appended to)
+    fmax, max_steps, relax_cell : as :class:`EMTEvaluator`
+    """
+
+    name = "emt-ledger"
+
+    def __init__(
+        self, ledger: str, fmax: float = 0.05, max_steps: int = 300, relax_cell: bool = True
+    ):
+        super().__init__(fmax=fmax, max_steps=max_steps, relax_cell=relax_cell)
+        self.ledger = str(ledger)
+
+    def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
+        result = super().evaluate(structure, workdir)
+        line = f"{fingerprint(structure)} {result.energy!r} {os.getpid()}\n"
+        fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return result
+
+
+def _uniform(*parts: object) -> float:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+FAILURES = ("exception", "timeout", "nan", "unconverged")
+
+
+class FlakyEMTEvaluator(EMTEvaluator):
+    """EMT that fails a share of calls, decided by (seed, structure fingerprint, attempt).
+
+    A failing call fails in one of :data:`FAILURES`: raises ``ConnectionError``
+    (transient, so retryable), hangs for ``hang`` seconds (to hit a timeout),
+    returns a NaN energy, or returns ``converged=False``. The attempt number is
+    counted in a file in the evaluation's own directory, so a retry may succeed
+    where the first attempt failed, reproducibly.
+
+    Parameters
+    ----------
+    failure_rate : share of calls that fail, in [0, 1]
+    hang : seconds a "timeout" call sleeps
+    seed : changes which calls fail
+    fmax, max_steps, relax_cell : as :class:`EMTEvaluator`
+    """
+
+    name = "emt-flaky"
+
+    def __init__(
+        self,
+        failure_rate: float = 0.3,
+        hang: float = 60.0,
+        seed: int = 0,
+        fmax: float = 0.05,
+        max_steps: int = 300,
+        relax_cell: bool = True,
+    ):
+        super().__init__(fmax=fmax, max_steps=max_steps, relax_cell=relax_cell)
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError(f"failure_rate must be in [0, 1], got {failure_rate}")
+        self.failure_rate = float(failure_rate)
+        self.hang = float(hang)
+        self.seed = int(seed)
+
+    def failure(self, fp: str, attempt: int) -> str | None:
+        """How call number ``attempt`` (0-based) on fingerprint ``fp`` fails, or None."""
+        if _uniform(self.seed, fp, attempt, "fails") >= self.failure_rate:
+            return None
+        return FAILURES[int(_uniform(self.seed, fp, attempt, "how") * len(FAILURES))]
+
+    def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        counter = workdir / "attempts"
+        attempt = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(attempt + 1))
+        how = self.failure(fingerprint(structure), attempt)
+        if how == "exception":
+            raise ConnectionError(f"lost the connection to the compute node (attempt {attempt})")
+        if how == "timeout":
+            deadline = time.monotonic() + self.hang
+            while time.monotonic() < deadline:  # short sleeps so a timeout can interrupt
+                time.sleep(0.05)
+            raise EvaluationError(f"hung for {self.hang} s and nobody stopped it")
+        result = super().evaluate(structure, workdir)
+        if how == "nan":
+            return result.model_copy(update={"energy": math.nan, "energy_per_atom": math.nan})
+        if how == "unconverged":
+            return result.model_copy(update={"converged": False})
+        return result

@@ -1,0 +1,207 @@
+"""Campaign files: one YAML document validated by pydantic.
+
+A campaign file names everything a run needs, so two runs of the same file do
+the same science. Validation happens before anything is written; an invalid
+file raises :class:`ConfigError` with one message naming the field and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+LATTICES = ("fcc", "bcc", "hcp")
+
+
+class ConfigError(ValueError):
+    """A campaign file that cannot be run; the message names the field and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeneratorSettings(_Section):
+    """How candidates are proposed each round."""
+
+    lattices: list[Literal["fcc", "bcc", "hcp"]] = Field(default_factory=lambda: list(LATTICES))
+    max_atoms: int = Field(16, ge=1, le=64, description="largest supercell decorated")
+    max_species: int = Field(3, ge=1, le=8, description="most distinct elements in one candidate")
+    pool_size: int = Field(200, ge=1, le=100_000, description="candidates screened per round")
+    mutation_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of the pool made by mutating the best results"
+    )
+    n_parents: int = Field(5, ge=1, description="best accepted results mutated each round")
+
+
+class ObjectiveSettings(_Section):
+    property: str = "formation_energy_per_atom"
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+    def is_maximized(self) -> bool:
+        return self.direction == "maximize"
+
+
+class SurrogateSettings(_Section):
+    kind: Literal["gp"] = "gp"
+
+
+class AcquisitionSettings(_Section):
+    kind: Literal["qlogei", "random"] = "qlogei"
+
+
+class EvaluatorSettings(_Section):
+    """Which adapter evaluates candidates and how its failures are handled.
+
+    Secrets (tokens, passwords) never go in ``parameters``: adapters read them
+    from environment variables, and parameters whose names look secret are
+    stored redacted.
+    """
+
+    adapter: str = "emt"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout: float | None = Field(None, gt=0, description="seconds before one attempt is abandoned")
+    retries: int = Field(0, ge=0, le=100, description="extra attempts after a retryable error")
+    retry_backoff: float = Field(
+        1.0, ge=0, le=86_400, description="seconds before the first retry, doubled for each next one"
+    )
+    retry_on: list[str] = Field(
+        default_factory=lambda: ["TimeoutError", "ConnectionError"],
+        description="exception class names (or base class names) that are retried",
+    )
+
+    @field_serializer("parameters", when_used="json")
+    def _redact_secrets(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        # JSON copies (the Prefect API's flow parameters, the store) never carry secrets
+        from matforge.engine.store import redact
+
+        return redact(parameters)
+
+
+class AnomalySettings(_Section):
+    enabled: bool = True
+    min_samples: int = Field(4, ge=2, description="DBSCAN min_samples")
+    eps: float | Literal["auto"] = Field(
+        "auto", description="DBSCAN radius; 'auto' takes a quantile of k-nearest-neighbour distances"
+    )
+    eps_quantile: float = Field(0.98, gt=0.0, lt=1.0)
+    n_components: int = Field(4, ge=1, description="principal components of the features used")
+    residual_weight: float = Field(1.0, ge=0.0, description="weight of the surrogate residual")
+    min_results: int = Field(12, ge=3, description="no flagging before this many results")
+
+    @field_validator("eps")
+    @classmethod
+    def _positive_eps(cls, v):
+        if v != "auto" and not v > 0:
+            raise ValueError("must be > 0 or 'auto'")
+        return v
+
+
+class CampaignConfig(_Section):
+    """Everything a campaign needs; see ``examples/alloys_emt.yaml``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+    elements: list[str] = Field(min_length=1)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
+    acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
+    batch_size: int = Field(8, ge=1, le=10_000)
+    budget: int = Field(40, ge=1, le=10_000_000, description="maximum number of evaluations")
+    evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    store: str = Field("sqlite:///matforge.db", description="SQLAlchemy URL of the campaign store")
+    workdir: str = Field("matforge-runs", description="where each evaluation gets its directory")
+    seed: int = Field(0, ge=0)
+
+    @field_validator("elements")
+    @classmethod
+    def _known_elements(cls, v: list[str]) -> list[str]:
+        from pymatgen.core.periodic_table import Element
+
+        for symbol in v:
+            if not isinstance(symbol, str) or symbol not in Element.__members__:
+                raise ValueError(f"{symbol!r} is not a chemical element symbol")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an element twice")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignConfig:
+        if self.batch_size > self.generator.pool_size:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is larger than generator.pool_size "
+                f"({self.generator.pool_size}): a round cannot pick more than it screens"
+            )
+        return self
+
+    def resolved(self, base: Path) -> CampaignConfig:
+        """Return a copy whose relative SQLite path and workdir are relative to ``base``."""
+        store = self.store
+        prefix = "sqlite:///"
+        if store.startswith(prefix) and not store.startswith(prefix + "/"):
+            path = store[len(prefix) :]
+            if path and path != ":memory:":
+                store = prefix + str((base / path).resolve())
+        workdir = Path(self.workdir)
+        if not workdir.is_absolute():
+            workdir = (base / workdir).resolve()
+        return self.model_copy(update={"store": store, "workdir": str(workdir)})
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"] and ": " in msg:
+        field, msg = msg.split(": ", 1)
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    more = len(error.errors()) - 1
+    tail = f" ({more} more problem{'s' if more > 1 else ''})" if more else ""
+    got = first.get("input")
+    quiet = first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
+    shown = "" if quiet else f", got {got!r}"
+    message = f"{source}: field '{field}': {msg}{shown}{tail}"
+    # one line, whatever the file's keys contain
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def parse_config(data: Any, source: str = "campaign") -> CampaignConfig:
+    """Validate a mapping as a campaign; raise :class:`ConfigError` naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and validate a YAML campaign file; relative paths resolve beside the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read campaign file ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
+    return parse_config(data, str(path)).resolved(path.parent.resolve())
