@@ -1,0 +1,45 @@
+"""Shared fixtures: a real local Prefect server for flow tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """The API URL of a real Prefect server, started once per test session.
+
+    Uses ``PREFECT_API_URL`` when it is set; otherwise starts ``prefect server
+    start`` on a free port with its own PREFECT_HOME and stops it afterwards.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from matforge.flows.server import api_healthy, start_server
+
+    url = os.environ.get("PREFECT_API_URL")
+    proc = None
+    if not (url and api_healthy(url)):
+        home = tmp_path_factory.mktemp("prefect-home")
+        url, proc = start_server(
+            port=_free_port(), log_path=home / "server.log", env={"PREFECT_HOME": str(home)}
+        )
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+        # send buffered flow logs while the server still listens, not at interpreter exit
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,115 @@
+"""The closed loop end to end: real Prefect server, real EMT, real store."""
+
+from __future__ import annotations
+
+import yaml
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from matforge.engine.config import load_config
+from matforge.engine.store import CampaignStore
+from matforge.flows.campaign import campaign_flow
+from matforge.flows.cli import main
+
+CAMPAIGN = {
+    "name": "flow-test",
+    "elements": ["Cu", "Au", "Pt"],
+    "generator": {"pool_size": 30, "max_atoms": 8},
+    "batch_size": 4,
+    "budget": 8,
+    "evaluator": {"adapter": "emt", "parameters": {"fmax": 0.1, "max_steps": 100}},
+    "anomaly": {"min_results": 4},
+    "store": "sqlite:///store.db",
+    "seed": 1,
+}
+
+
+@pytest.fixture
+def campaign_file(tmp_path):
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(CAMPAIGN))
+    return path
+
+
+def test_two_rounds_on_a_real_server_then_resume_does_nothing_new(
+    prefect_server, campaign_file, capsys
+):
+    config = load_config(campaign_file)
+    state = campaign_flow(config, return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["evaluations"] == 8 and summary["rounds"] == 2
+
+    store = CampaignStore(config.store)
+    cid = store.campaign_id(config.name)
+    evaluations = store.evaluations(cid)
+    assert [e.round for e in evaluations] == [0] * 4 + [1] * 4
+    assert all(e.status in ("accepted", "needs_review") for e in evaluations)
+    assert len({e.fingerprint for e in evaluations}) == 8
+    first, second = evaluations[:4], evaluations[4:]
+    # round 0 had no data: diverse random picks, no model; round 1 was chosen by the GP
+    assert all(e.model_version is None and e.predicted_mean is None for e in first)
+    assert all(e.model_version == "gp-n4" and e.predicted_std > 0 for e in second)
+    assert all(e.acquisition_value is not None for e in second)
+    for e in evaluations:
+        assert e.adapter == "emt"
+        assert -1.0 < e.objective < 1.0
+        assert e.objective == e.result["formation_energy_per_atom"]
+        assert len(e.result["forces"]) == len(e.input_structure())
+    assert store.rounds(cid)[-1]["finished"]
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        assert run.state.is_completed()
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+        names = [t.name for t in tasks]
+        assert sum(n.startswith("evaluate-") for n in names) == 8
+
+    # a second run of the finished campaign evaluates nothing new
+    assert main(["run", str(campaign_file)]) == 0
+    assert [e.id for e in store.evaluations(cid)] == [e.id for e in evaluations]
+    out = capsys.readouterr().out
+    assert "flow-test: 8 evaluations in 2 rounds" in out
+
+    # a larger budget continues the same campaign without repeating a candidate
+    assert main(["run", str(campaign_file), "--budget", "12"]) == 0
+    more = store.evaluations(cid)
+    assert len(more) == 12 and len({e.fingerprint for e in more}) == 12
+    assert {e.round for e in more[8:]} == {2}
+
+    assert main(["status", str(campaign_file)]) == 0
+    out = capsys.readouterr().out
+    assert "flow-test: 12 evaluations in 3 rounds" in out
+    assert "best by formation_energy_per_atom" in out
+
+
+def test_bad_campaign_file_exits_2_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**CAMPAIGN, "batch_size": -3}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "field 'batch_size'" in err and "greater than or equal to 1" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+    path.write_text(yaml.safe_dump({**CAMPAIGN, "evaluator": {"adapter": "nope"}}))
+    assert main(["run", str(path)]) == 2
+    assert "adapter 'nope' is not registered" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_cli_exit_code_from_a_shell(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nelements: [Cu, Unobtainium]\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "matforge.flows.cli", "run", str(path)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "field 'elements': 'Unobtainium' is not a chemical element symbol" in out.stderr

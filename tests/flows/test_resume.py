@@ -1,0 +1,208 @@
+"""A campaign killed with SIGKILL at random moments and resumed ends where an uninterrupted one does.
+
+What is counted: the ``emt-ledger`` adapter appends (and fsyncs) one line per
+*completed* adapter call, after the relaxation and just before it returns; the
+evaluate task then validates and commits that result in the same function. A
+call killed while computing leaves no line and was never returned, so running
+it again is not paying twice. The only way to pay twice is a kill that lands
+in the window between the ledger line and the store commit: after every kill
+the test records, per candidate, ledger lines minus committed results
+("paid but not committed"), and at the end every candidate must have exactly
+one ledger line plus the ones that were paid and not committed at a kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from matforge.engine.store import FINISHED, CampaignStore
+
+pytestmark = pytest.mark.slow
+
+N_KILLS = 20
+BUDGET = 16
+
+
+def _campaign(root: Path) -> Path:
+    root.mkdir()
+    path = root / "campaign.yaml"
+    config = {
+        "name": "resume",
+        "elements": ["Cu", "Au", "Pt"],
+        "generator": {"pool_size": 40, "max_atoms": 8},
+        "batch_size": 4,
+        "budget": BUDGET,
+        "evaluator": {
+            "adapter": "emt-ledger",
+            "parameters": {"ledger": str(root / "ledger.txt"), "fmax": 0.1, "max_steps": 100},
+        },
+        # a low quantile flags several results, so flags must survive the kills too
+        "anomaly": {"min_results": 4, "eps_quantile": 0.5},
+        "store": "sqlite:///store.db",
+        "seed": 3,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _start(path: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "matforge.flows.cli", "run", str(path)],
+        cwd=path.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(path.parent / "stderr.log", "ab"),
+        start_new_session=True,
+    )
+
+
+def _ledger(root: Path) -> Counter:
+    path = root / "ledger.txt"
+    if not path.exists():
+        return Counter()
+    return Counter(line.split()[0] for line in path.read_text().splitlines() if line.strip())
+
+
+def _finished(root: Path) -> dict[str, tuple[int, float | None]]:
+    """Committed evaluations by fingerprint: (round, objective)."""
+    if not (root / "store.db").exists():
+        return {}
+    store = CampaignStore(f"sqlite:///{root / 'store.db'}")
+    try:
+        cid = store.campaign_id("resume")
+        return {
+            e.fingerprint: (e.round, e.objective)
+            for e in store.evaluations(cid, statuses=FINISHED)
+        }
+    except KeyError:
+        return {}
+    finally:
+        store.close()
+
+
+def _final_state(root: Path) -> dict[int, set]:
+    store = CampaignStore(f"sqlite:///{root / 'store.db'}")
+    try:
+        cid = store.campaign_id("resume")
+        rounds: dict[int, set] = {}
+        for e in store.evaluations(cid):
+            objective = None if e.objective is None else round(e.objective, 6)
+            rounds.setdefault(e.round, set()).add((e.fingerprint, e.status, objective))
+        return rounds
+    finally:
+        store.close()
+
+
+def test_sigkill_at_20_random_moments_loses_nothing_and_pays_nothing_twice(
+    prefect_server, tmp_path
+):
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+    # the uninterrupted run, timed: until its store appears (start-up) and until done
+    reference = _campaign(tmp_path / "reference")
+    t0 = time.monotonic()
+    proc = _start(reference, env)
+    startup = None
+    while proc.poll() is None:
+        if startup is None and (reference.parent / "store.db").exists():
+            startup = time.monotonic() - t0
+        time.sleep(0.05)
+    total = time.monotonic() - t0
+    assert proc.returncode == 0, (reference.parent / "stderr.log").read_text()[-3000:]
+    assert startup is not None
+    expected = _final_state(reference.parent)
+    assert sum(len(v) for v in expected.values()) == BUDGET
+    assert any(status == "needs_review" for v in expected.values() for _, status, _ in v)
+    assert sum(_ledger(reference.parent).values()) == BUDGET
+
+    # the same campaign killed at N_KILLS random moments, each resumed
+    root = tmp_path / "killed"
+    path = _campaign(root)
+    rng = np.random.default_rng(20261124)
+    work = max(total - startup, 1.0)
+    seen: dict[str, tuple[int, float | None]] = {}
+    unpaid_commits: Counter = Counter()
+    mid_campaign = 0
+    progress = []
+    for k in range(N_KILLS):
+        # moments from half the start-up time to a quarter of the work past it, so
+        # successive kills walk through start-up, proposal, dispatch and recording
+        delay = rng.uniform(0.5 * startup, startup + 0.25 * work)
+        proc = _start(path, env)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+        finished = _finished(root)
+        ledger = _ledger(root)
+        # no finished evaluation is ever lost or changed
+        for fp, (rnd, objective) in seen.items():
+            assert fp in finished, f"kill {k}: finished evaluation {fp} was lost"
+            assert finished[fp] == (rnd, objective), f"kill {k}: evaluation {fp} changed"
+        seen.update(finished)
+        # paid (a completed adapter call) but not committed when this kill landed
+        for fp, n in ledger.items():
+            unpaid_commits[fp] = n - (1 if fp in finished else 0)
+        mid_campaign += 0 < len(finished) < BUDGET
+        progress.append(len(finished))
+
+    proc = _start(path, env)
+    assert proc.wait(timeout=300) == 0, (root / "stderr.log").read_text()[-3000:]
+
+    final = _final_state(root)
+    ledger = _ledger(root)
+    finished = _finished(root)
+    assert len(finished) == BUDGET
+    lost = [fp for fp in seen if finished.get(fp) != seen[fp]]
+    assert lost == []
+    # every candidate paid exactly once, except a result paid and then killed before its commit
+    paid_twice = {fp: n for fp, n in ledger.items() if n > 1}
+    assert set(ledger) == set(finished)
+    for fp, n in ledger.items():
+        assert n == 1 + unpaid_commits[fp], f"{fp} was paid {n} times"
+    assert final == expected
+    assert mid_campaign >= 3, "too few kills landed while the campaign was under way"
+    print(
+        f"startup {startup:.1f}s, uninterrupted {total:.1f}s, {mid_campaign}/{N_KILLS} kills "
+        f"mid-campaign, finished evaluations at each kill {progress}, "
+        f"paid twice (kill between adapter return and commit): {paid_twice}"
+    )
+
+
+def test_a_round_stopped_after_its_last_result_is_finished_on_resume(prefect_server, tmp_path):
+    """Killed after the budget's last commit but before flagging: the resumed run flags it."""
+    from sqlalchemy import text
+
+    from matforge.engine.config import load_config
+    from matforge.flows.campaign import campaign_flow
+
+    config = load_config(_campaign(tmp_path / "c"))
+    campaign_flow(config)
+    expected = _final_state(tmp_path / "c")
+    flagged = {fp for v in expected.values() for fp, status, _ in v if status == "needs_review"}
+    assert flagged
+    store = CampaignStore(config.store)
+    last = max(expected)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE evaluations SET status = 'accepted', review_note = NULL "
+                          "WHERE round = :r AND status = 'needs_review'"), {"r": last})
+        conn.execute(text("UPDATE rounds SET finished_at = NULL WHERE round = :r"), {"r": last})
+    store.close()
+    campaign_flow(config)
+    assert _final_state(tmp_path / "c") == expected

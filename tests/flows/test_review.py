@@ -1,0 +1,58 @@
+"""Flagged results: held out of training, shown as a Prefect artifact, decided by a person."""
+
+from __future__ import annotations
+
+import yaml
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from matforge.engine.config import load_config
+from matforge.engine.store import CampaignStore
+from matforge.flows.campaign import _training, campaign_flow, review_artifact_task
+from matforge.flows.cli import main
+
+
+def test_review_holds_results_out_until_a_person_decides(prefect_server, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "Review-Me", "elements": ["Cu", "Au"], "generator": {"pool_size": 20, "max_atoms": 8},
+             "batch_size": 5, "budget": 5, "anomaly": {"enabled": False},
+             "store": "sqlite:///r.db"}
+        )
+    )
+    config = load_config(path)
+    campaign_flow(config)
+    store = CampaignStore(config.store)
+    cid = store.campaign_id(config.name)
+    ids = [e.id for e in store.evaluations(cid)]
+    store.set_status(ids[:2], "needs_review", note="planted")
+    assert {e.id for e in _training(store, cid, 1, maximize=False)} == set(ids[2:])
+
+    @flow
+    def publish():
+        review_artifact_task(config, cid)
+
+    publish()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review-me-needs-review"]))
+        )
+    assert artifacts and artifacts[0].type == "table"
+    assert str(ids[0]) in str(artifacts[0].data) and str(ids[1]) in str(artifacts[0].data)
+
+    assert main(["review", str(path)]) == 0
+    listed = capsys.readouterr().out
+    assert f"#{ids[0]} " in listed and f"#{ids[1]} " in listed and f"#{ids[2]} " not in listed
+
+    assert main(["review", str(path), "--accept", str(ids[0]), "--reject", str(ids[1]),
+                 "--note", "checked by hand"]) == 0
+    statuses = {e.id: e.status for e in store.evaluations(cid)}
+    assert statuses[ids[0]] == "accepted" and statuses[ids[1]] == "rejected"
+    assert {e.id for e in _training(store, cid, 1, maximize=False)} == {ids[0], *ids[2:]}
+
+    # deciding twice, or on a result that was never flagged, is refused and changes nothing
+    assert main(["review", str(path), "--reject", str(ids[0])]) == 2
+    assert "not awaiting review" in capsys.readouterr().err
+    assert store.evaluations(cid)[0].status == "accepted"
