@@ -134,17 +134,25 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_pays_nothing_twice(
     root = tmp_path / "killed"
     path = _campaign(root)
     rng = np.random.default_rng(20261124)
-    work = max(total - startup, 1.0)
     seen: dict[str, tuple[int, float | None]] = {}
     unpaid_commits: Counter = Counter()
     mid_campaign = 0
     progress = []
     for k in range(N_KILLS):
-        # moments from half the start-up time to a quarter of the work past it, so
-        # successive kills walk through start-up, proposal, dispatch and recording
-        delay = rng.uniform(0.5 * startup, startup + 0.25 * work)
+        # a quarter of the kills land in start-up; the others wait for the next
+        # completed adapter call and land a random moment after it (the commit
+        # window, recording, flagging, the next round's proposal), so the kills
+        # walk through the whole campaign however loaded the machine is
         proc = _start(path, env)
-        time.sleep(delay)
+        if rng.random() < 0.25:
+            deadline = time.monotonic() + rng.uniform(0.3, 1.0) * startup
+        else:
+            paid = sum(_ledger(root).values())
+            while proc.poll() is None and sum(_ledger(root).values()) <= paid:
+                time.sleep(0.02)
+            deadline = time.monotonic() + rng.uniform(0.0, 0.4)
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
