@@ -1,13 +1,34 @@
-"""Batch selection over a discrete candidate pool by Bayesian optimization."""
+"""Batch selection over a discrete candidate pool by Bayesian optimization.
+
+:func:`select_batch` picks a batch of rows from a candidate pool with one of the
+acquisitions in :data:`ACQUISITIONS`. The BoTorch acquisitions (``qlogei``,
+``qlognei``, ``ucb``) are maximized over the pool by ``optimize_acqf_discrete``
+with sequential greedy conditioning, so later picks of a batch know about the
+earlier ones and about evaluations still running (``pending``). ``thompson``,
+``greedy`` and ``explore`` read the posterior directly.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-from botorch.acquisition.logei import qLogExpectedImprovement
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
+from botorch.acquisition.monte_carlo import qUpperConfidenceBound
+from botorch.acquisition.objective import GenericMCObjective
 from botorch.optim import optimize_acqf_discrete
+from torch import Tensor
 
-from matforge.engine.surrogate import as_tensor
+from matforge.engine.surrogate import DTYPE, as_tensor
+
+ACQUISITIONS = ("qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
+"""Acquisition kinds :func:`select_batch` knows."""
+
+_LOG_KINDS = ("qlogei", "qlognei")
+_MIN_PROBABILITY = 1e-300
+"""Floor on a feasibility probability before its log: P = 0 scores far below any real log-EI."""
 
 
 def diverse_random_batch(X: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -36,6 +57,218 @@ def diverse_random_batch(X: np.ndarray, batch_size: int, rng: np.random.Generato
     return np.asarray(picked)
 
 
+class FeasibilityWeighted(AcquisitionFunction):
+    """An acquisition weighted by the probability that the candidates are feasible.
+
+    Log-acquisitions get ``log p`` added (the log of ``acq * p``); others are
+    shifted by ``floor`` (their smallest value over the pool) and multiplied by
+    ``p``, so an infeasible candidate scores no better than the pool's worst.
+    The q points of a batch are taken as independently feasible.
+
+    Parameters
+    ----------
+    acqf : the BoTorch acquisition to weight
+    feasibility : maps a ``batch x q x d`` tensor to a ``batch x q`` tensor of probabilities
+    log : whether ``acqf`` returns log-values
+    floor : value subtracted from a non-log acquisition before weighting
+    """
+
+    def __init__(
+        self,
+        acqf: AcquisitionFunction,
+        feasibility: Callable[[Tensor], Tensor],
+        log: bool,
+        floor: float = 0.0,
+    ):
+        super().__init__(model=acqf.model)
+        self.acqf = acqf
+        self.feasibility = feasibility
+        self.log = log
+        self.floor = floor
+
+    @property
+    def X_pending(self) -> Tensor | None:
+        return self.acqf.X_pending
+
+    def set_X_pending(self, X_pending: Tensor | None = None) -> None:
+        self.acqf.set_X_pending(X_pending)
+
+    def forward(self, X: Tensor) -> Tensor:
+        value = self.acqf(X)
+        p = self.feasibility(X)
+        if self.log:
+            return value + p.clamp_min(_MIN_PROBABILITY).log().sum(dim=-1)
+        return (value - self.floor).clamp_min(0.0) * p.prod(dim=-1)
+
+
+def _model_of(surrogate):
+    model = getattr(surrogate, "model_", None)
+    if model is None:
+        raise ValueError(
+            f"{type(surrogate).__name__} exposes no fitted BoTorch model as `model_`; fit it first"
+        )
+    return model
+
+
+def _as_2d(name: str, X, n_features: int | None = None) -> np.ndarray:
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_rows, n_features), got shape {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features but X_pool has {n_features}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def _feasibility_function(constraint, model) -> Callable[[Tensor], Tensor] | None:
+    """Turn ``constraint`` into a map from ``... x d`` tensors to ``...`` probabilities."""
+    if constraint is None:
+        return None
+    if callable(constraint):
+
+        def feasibility(X: Tensor) -> Tensor:
+            rows = X.detach().reshape(-1, X.shape[-1]).numpy()
+            p = np.asarray(constraint(rows), dtype=float)
+            if p.ndim == 2:
+                p = p[:, -1]
+            if p.shape != (len(rows),):
+                raise ValueError(
+                    f"constraint returned shape {p.shape} for {len(rows)} rows; "
+                    "expected (n_rows,) or (n_rows, 2) probabilities"
+                )
+            if not np.isfinite(p).all():
+                raise ValueError("constraint returned NaN or infinite probabilities")
+            return torch.as_tensor(np.clip(p, 0.0, 1.0), dtype=DTYPE).reshape(X.shape[:-1])
+
+        return feasibility
+    if isinstance(constraint, (int, float)) and not isinstance(constraint, bool):
+        if model.num_outputs < 2:
+            raise ValueError(
+                "a numeric constraint bounds the model's second output, but the model has "
+                f"{model.num_outputs} output; pass a callable giving P(feasible) instead"
+            )
+        threshold = float(constraint)
+        normal = torch.distributions.Normal(0.0, 1.0)
+
+        def feasibility(X: Tensor) -> Tensor:
+            with torch.no_grad():
+                post = model.posterior(X.reshape(-1, X.shape[-1]))
+                mean = post.mean[..., 1]
+                std = post.variance[..., 1].clamp_min(1e-18).sqrt()
+            return normal.cdf((threshold - mean) / std).reshape(X.shape[:-1])
+
+        return feasibility
+    raise ValueError(
+        f"constraint must be None, a callable giving P(feasible) per row, or a number "
+        f"bounding the model's second output; got {type(constraint).__name__}"
+    )
+
+
+def to_model_scale(surrogate, y: np.ndarray) -> np.ndarray:
+    """Objective values in the scale ``surrogate.model_`` predicts.
+
+    Surrogates that transform their targets before fitting (e.g. a rank copula)
+    expose ``transform_targets``; thresholds such as EI's incumbent must pass
+    through it. Others predict in the units of y.
+    """
+    y = np.asarray(y, dtype=float)
+    transform = getattr(surrogate, "transform_targets", None)
+    return y if transform is None else np.asarray(transform(y), dtype=float)
+
+
+def _best_observed(y_train, maximize: bool, constraint) -> float:
+    """Best objective value seen, among feasible rows when y_train carries the constraint column."""
+    y = np.asarray(y_train, dtype=float)
+    if y.size == 0:
+        raise ValueError("y_train is empty; qlogei needs the observed objective values")
+    if y.ndim == 2 and y.shape[1] >= 2 and isinstance(constraint, (int, float)):
+        feasible = y[:, 1] <= float(constraint)
+        objective = y[feasible, 0] if feasible.any() else y[:, 0]
+    else:
+        objective = y if y.ndim == 1 else y[:, 0]
+    objective = objective[np.isfinite(objective)]
+    if objective.size == 0:
+        raise ValueError("y_train holds no finite objective value")
+    return float(objective.max() if maximize else objective.min())
+
+
+def _posterior_objective(model, X: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of the model's first output at ``n x d`` X, each ``n``."""
+    with torch.no_grad():
+        post = model.posterior(X)
+        return post.mean[..., 0], post.variance[..., 0].clamp_min(0).sqrt()
+
+
+def _condition_on_mean(model, X: Tensor):
+    """The model conditioned on observing its own posterior mean at X (a "kriging believer")."""
+    with torch.no_grad():
+        return model.condition_on_observations(X, model.posterior(X).mean)
+
+
+def _shift_and_weight(score: Tensor, p: Tensor | None) -> Tensor:
+    if p is None:
+        return score
+    return (score - score.min()) * p
+
+
+def _botorch_batch(
+    kind: str,
+    surrogate,
+    model,
+    choices: Tensor,
+    q: int,
+    sign: float,
+    y_train,
+    maximize: bool,
+    X_train,
+    pending: Tensor | None,
+    beta: float,
+    constraint,
+    feasibility,
+) -> tuple[Tensor, Tensor]:
+    objective = GenericMCObjective(lambda Y, X=None: sign * Y[..., 0])
+    numeric = isinstance(constraint, (int, float)) and not isinstance(constraint, bool)
+    native = numeric and kind in _LOG_KINDS
+    constraints = [lambda Z: Z[..., 1] - float(constraint)] if native else None
+    if kind == "qlogei":
+        best_units = _best_observed(y_train, maximize, constraint)
+        best = sign * float(to_model_scale(surrogate, np.array([best_units]))[0])
+        acqf = qLogExpectedImprovement(
+            model, best_f=best, objective=objective, constraints=constraints, X_pending=pending
+        )
+    elif kind == "qlognei":
+        if X_train is None:
+            raise ValueError("kind='qlognei' needs X_train, the evaluated rows, as its baseline")
+        baseline = as_tensor(_as_2d("X_train", X_train, choices.shape[-1]))
+        acqf = qLogNoisyExpectedImprovement(
+            model,
+            X_baseline=baseline,
+            objective=objective,
+            constraints=constraints,
+            X_pending=pending,
+        )
+    else:
+        acqf = qUpperConfidenceBound(model, beta=beta, objective=objective, X_pending=pending)
+    if feasibility is not None and not native:
+        floor = 0.0
+        if kind not in _LOG_KINDS:
+            with torch.no_grad():
+                floor = float(acqf(choices.unsqueeze(-2)).min())
+        acqf = FeasibilityWeighted(acqf, feasibility, log=kind in _LOG_KINDS, floor=floor)
+    candidates, values = optimize_acqf_discrete(acqf, q=q, choices=choices, unique=True)
+    return candidates, values.reshape(-1)
+
+
+def _rows_to_indices(candidates: Tensor, choices: Tensor) -> list[int]:
+    """Positions in ``choices`` of the picked rows, each position used once."""
+    indices: list[int] = []
+    for row in candidates:
+        match = torch.where((choices == row).all(dim=-1))[0].tolist()
+        indices.append(next(i for i in match if i not in indices))
+    return indices
+
+
 def select_batch(
     surrogate,
     X_pool: np.ndarray,
@@ -43,42 +276,145 @@ def select_batch(
     batch_size: int,
     maximize: bool = True,
     seed: int | None = None,
+    *,
+    kind: str = "qlogei",
+    X_train: np.ndarray | None = None,
+    pending: np.ndarray | None = None,
+    beta: float = 2.0,
+    constraint: Callable[[np.ndarray], np.ndarray] | float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Choose a batch from the pool with qLogExpectedImprovement.
+    """Choose a batch of distinct rows from the pool.
+
+    Kinds (:data:`ACQUISITIONS`):
+
+    - ``"qlogei"``: BoTorch ``qLogExpectedImprovement`` over the best of ``y_train``
+      (mapped to the model's scale by the surrogate's ``transform_targets``, if any).
+    - ``"qlognei"``: ``qLogNoisyExpectedImprovement`` with ``X_train`` as baseline,
+      for noisy observations (no trust placed in the best observed value).
+    - ``"ucb"``: ``qUpperConfidenceBound`` with ``beta``.
+    - ``"thompson"``: ``batch_size`` joint posterior samples over the pool; slot k
+      takes the best row of sample k not already picked.
+    - ``"greedy"``: the rows with the best posterior mean.
+    - ``"explore"``: the row with the largest posterior standard deviation, then the
+      model is conditioned on its own mean there and the next is picked, so the
+      batch spreads out instead of clustering in one uncertain region.
+
+    ``greedy``, ``explore`` and ``thompson`` read ``model_``'s posterior, in the
+    scale the model predicts; a monotone target transform keeps the ranking.
+
+    The BoTorch kinds build the batch by sequential greedy conditioning
+    (``optimize_acqf_discrete``). With ``maximize=False`` every kind ranks by the
+    negated objective.
+
+    Pending evaluations: pool rows equal to a ``pending`` row are never picked.
+    BoTorch kinds get ``pending`` as ``X_pending``, so rows whose outcome the
+    running evaluations will probably reveal lose value; ``explore`` conditions
+    on them like on its own picks. ``greedy`` and ``thompson`` need nothing more:
+    conditioning on a pending point leaves the posterior mean unchanged, and a
+    joint sample over pool and pending rows has the same pool marginal.
+
+    Constraint: a callable ``constraint(X) -> p`` gives the probability that each
+    row of X : (n, n_features) is feasible, shape (n,) or (n, 2) as scikit-learn's
+    ``predict_proba`` (the second column is read as P(feasible)). The log-kinds add
+    ``log p`` to the log-acquisition, i.e. they maximize ``p * EI``. Other kinds
+    multiply by ``p`` after shifting their value by its minimum over the pool, so
+    an infeasible row scores like the worst one. A number ``c`` instead, for a
+    model with two outputs (objective, constraint), requires the second output to
+    be ``<= c``: the log-kinds pass it to BoTorch as a native outcome constraint
+    (``best_f`` is then the best feasible row when ``y_train`` has both columns),
+    the others weight by the posterior probability ``P(output_2 <= c)``; ``c`` is
+    in the scale the model predicts.
 
     Parameters
     ----------
-    surrogate : fitted surrogate exposing a BoTorch model as ``model_``
+    surrogate : fitted surrogate exposing a BoTorch model as ``model_``; its first
+        output is the objective
     X_pool : array of shape (n_candidates, n_features)
-    y_train : array of shape (n_train,), the observed objective values
-    batch_size : number of candidates to pick
+    y_train : array of shape (n_train,) or (n_train, n_outputs), the observed
+        values; only ``qlogei`` reads it
+    batch_size : number of candidates to pick (fewer when fewer rows are available)
     maximize : whether larger objective values are better
+    seed : seeds the Monte-Carlo samplers and Thompson samples; the global torch
+        random state is left as it was
+    kind : one of :data:`ACQUISITIONS`
+    X_train : array of shape (n_train, n_features), needed by ``qlognei``
+    pending : array of shape (n_pending, n_features), rows still being evaluated
+    beta : exploration weight of ``ucb``
+    constraint : callable giving P(feasible) per row, a bound on the model's second
+        output, or None
 
     Returns
     -------
     indices : array of shape (batch_size,), rows of X_pool in the order picked
-    values : array of shape (batch_size,), the acquisition value of each pick
+    values : array of shape (batch_size,), the acquisition value of each pick as
+        ranked (larger is better), given the earlier picks and the pending rows
     """
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = surrogate.model_
-    y = np.asarray(y_train, dtype=float)
-    best = y.max() if maximize else y.min()
-    if not maximize:
-        from botorch.acquisition.objective import LinearMCObjective
+    if kind not in ACQUISITIONS:
+        raise ValueError(
+            f"unknown acquisition kind {kind!r}; known kinds: {', '.join(ACQUISITIONS)}"
+        )
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be non-negative, got {beta!r}")
+    model = _model_of(surrogate)
+    X_pool = _as_2d("X_pool", X_pool)
+    if len(X_pool) == 0:
+        raise ValueError("X_pool is empty")
+    available = np.ones(len(X_pool), dtype=bool)
+    pending_t = None
+    if pending is not None:
+        pending = _as_2d("pending", pending, X_pool.shape[1])
+        if len(pending):
+            available &= ~(X_pool[:, None, :] == pending[None, :, :]).all(axis=-1).any(axis=1)
+            pending_t = as_tensor(pending)
+    if not available.any():
+        raise ValueError("every row of X_pool is pending; nothing left to pick")
+    rows = np.flatnonzero(available)
+    choices = as_tensor(X_pool[rows])
+    q = min(int(batch_size), len(rows))
+    sign = 1.0 if maximize else -1.0
+    feasibility = _feasibility_function(constraint, model)
 
-        objective = LinearMCObjective(weights=torch.tensor([-1.0], dtype=torch.float64))
-        best = -best
-    else:
-        objective = None
-    acqf = qLogExpectedImprovement(model=model, best_f=float(best), objective=objective)
-    choices = as_tensor(X_pool)
-    batch_size = min(batch_size, len(choices))
-    candidates, _ = optimize_acqf_discrete(acqf, q=batch_size, choices=choices, unique=True)
-    indices = []
-    for row in candidates:
-        match = torch.where((choices == row).all(dim=-1))[0]
-        indices.append(int(next(i for i in match.tolist() if i not in indices)))
-    with torch.no_grad():
-        values = acqf(choices[indices].unsqueeze(1)).numpy()
-    return np.asarray(indices), values
+    with torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        if kind in ("qlogei", "qlognei", "ucb"):
+            candidates, values = _botorch_batch(
+                kind, surrogate, model, choices, q, sign, y_train, maximize, X_train,
+                pending_t, beta, constraint, feasibility,
+            )
+            picked = _rows_to_indices(candidates, choices)
+            values = values.detach()
+        else:
+            p = None if feasibility is None else feasibility(choices)
+            picked, picked_values = [], []
+            if kind == "greedy":
+                mean, _ = _posterior_objective(model, choices)
+                score = _shift_and_weight(sign * mean, p)
+                order = torch.argsort(score, descending=True)[:q]
+                picked, values = order.tolist(), score[order]
+            elif kind == "thompson":
+                with torch.no_grad():
+                    samples = model.posterior(choices).rsample(torch.Size([q]))[..., 0]
+                taken = torch.zeros(len(choices), dtype=torch.bool)
+                for sample in samples:
+                    score = _shift_and_weight(sign * sample, p).masked_fill(taken, -torch.inf)
+                    best = int(torch.argmax(score))
+                    taken[best] = True
+                    picked.append(best)
+                    picked_values.append(score[best])
+                values = torch.stack(picked_values)
+            else:
+                conditioned = model if pending_t is None else _condition_on_mean(model, pending_t)
+                taken = torch.zeros(len(choices), dtype=torch.bool)
+                for _ in range(q):
+                    _, std = _posterior_objective(conditioned, choices)
+                    score = (std if p is None else std * p).masked_fill(taken, -torch.inf)
+                    best = int(torch.argmax(score))
+                    taken[best] = True
+                    picked.append(best)
+                    picked_values.append(score[best])
+                    conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
+                values = torch.stack(picked_values)
+    return rows[np.asarray(picked, dtype=int)], values.numpy().astype(float)

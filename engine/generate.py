@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from matforge.engine.structures import fingerprint, vegard_volume
 
@@ -116,6 +116,46 @@ class DecorationGenerator:
         chosen = rng.choice(self.elements, size=k, replace=False)
         # every chosen element appears at least once
         occupation = np.concatenate([chosen, rng.choice(chosen, size=n - k)])
+        rng.shuffle(occupation)
+        structure = Structure(cell.lattice, list(occupation), cell.frac_coords)
+        return Candidate(_scaled(structure), f"{self.name}:{lattice}")
+
+    @property
+    def site_counts(self) -> list[int]:
+        """Sizes of the supercells this generator decorates, ascending."""
+        return sorted({len(c) for cells in self._cells.values() for c in cells})
+
+    def decorate(self, composition: Composition, rng: np.random.Generator) -> Candidate:
+        """A random arrangement of exactly ``composition`` on a supercell of matching size.
+
+        The supercell holds the composition's atom count or a whole multiple of it
+        (the counts scaled up), drawn uniformly among all lattices' cells that fit.
+        The ``max_species`` limit is not applied: the composition is taken as asked.
+
+        Parameters
+        ----------
+        composition : whole-number atom counts of the campaign's elements, e.g. ``Cu3Au``
+        rng : random stream for the choice of cell and the arrangement
+        """
+        composition = Composition(composition)
+        counts = composition.get_el_amt_dict()
+        unknown = sorted(set(counts) - set(self.elements))
+        if unknown:
+            raise ValueError(f"composition {composition.formula} has elements {unknown} "
+                             f"outside the generator's {self.elements}")
+        if any(abs(a - round(a)) > 1e-8 or a < 0 for a in counts.values()):
+            raise ValueError(f"composition {composition.formula} needs whole atom counts")
+        n = int(round(sum(counts.values())))
+        if n < 1:
+            raise ValueError("composition is empty")
+        fits = [(lat, c) for lat in self.lattices for c in self._cells[lat] if len(c) % n == 0]
+        if not fits:
+            raise ValueError(
+                f"no supercell holds {n} atoms or a multiple of it; sizes here: {self.site_counts}"
+            )
+        lattice, cell = fits[int(rng.integers(len(fits)))]
+        k = len(cell) // n
+        occupation = np.repeat(list(counts), [k * int(round(a)) for a in counts.values()])
         rng.shuffle(occupation)
         structure = Structure(cell.lattice, list(occupation), cell.frac_coords)
         return Candidate(_scaled(structure), f"{self.name}:{lattice}")

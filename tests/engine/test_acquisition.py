@@ -1,0 +1,182 @@
+"""Batch acquisition over a discrete pool: every kind, minimization, pending points, constraints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from botorch.models import SingleTaskGP
+from botorch.models.transforms.outcome import Standardize
+
+from matforge.engine.acquisition import ACQUISITIONS, select_batch
+from matforge.engine.surrogate import GPSurrogate, as_tensor
+
+POOL = np.linspace(0.0, 1.0, 201)[:, None]
+
+
+def _bump(X):
+    return np.exp(-((X[:, 0] - 0.7) ** 2) / 0.02)
+
+
+def _posterior(surrogate, X):
+    """Mean and std of ``model_`` (the scale acquisitions rank in), arrays of shape (n,)."""
+    with torch.no_grad():
+        post = surrogate.model_.posterior(as_tensor(X))
+    return post.mean[..., 0].numpy(), post.variance[..., 0].sqrt().numpy()
+
+
+@pytest.fixture(scope="module")
+def bump():
+    """GP on a single bump at x = 0.7, seen at 7 points."""
+    X = np.array([0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 0.95])[:, None]
+    y = _bump(X)
+    return GPSurrogate(random_state=0).fit(X, y), X, y
+
+
+@pytest.fixture(scope="module")
+def slope():
+    """GP on an increasing line, seen in the middle of [0, 1] only."""
+    X = np.linspace(0.3, 0.7, 5)[:, None]
+    y = 3.0 * X[:, 0]
+    return GPSurrogate(random_state=0).fit(X, y), X, y
+
+
+@pytest.mark.parametrize("kind", ACQUISITIONS)
+@pytest.mark.parametrize("maximize", [True, False])
+def test_every_kind_returns_a_full_batch_of_distinct_pool_rows(bump, kind, maximize):
+    model, X, y = bump
+    idx, values = select_batch(model, POOL, y, 5, maximize, seed=1, kind=kind, X_train=X)
+    assert idx.shape == (5,) and values.shape == (5,)
+    assert len(set(idx.tolist())) == 5
+    assert ((idx >= 0) & (idx < len(POOL))).all()
+    assert np.isfinite(values).all()
+
+
+def test_positional_call_of_the_campaign_still_works(bump):
+    model, _, y = bump
+    idx, values = select_batch(model, POOL, y, 3, False, 0)
+    assert len(set(idx.tolist())) == 3 and values.shape == (3,)
+
+
+def test_batch_larger_than_pool_gives_every_row_once(bump):
+    model, _, y = bump
+    idx, _ = select_batch(model, POOL[:4], y, 10, kind="greedy")
+    assert sorted(idx.tolist()) == [0, 1, 2, 3]
+
+
+def test_greedy_picks_the_best_predicted_rows(bump):
+    model, _, y = bump
+    mean, _ = _posterior(model, POOL)
+    idx, _ = select_batch(model, POOL, y, 4, kind="greedy")
+    assert idx.tolist() == np.argsort(-mean)[:4].tolist()
+    idx, _ = select_batch(model, POOL, y, 4, maximize=False, kind="greedy")
+    assert idx.tolist() == np.argsort(mean)[:4].tolist()
+
+
+def test_explore_starts_at_the_largest_std_and_spreads_the_batch(bump):
+    model, _, y = bump
+    _, std = _posterior(model, POOL)
+    idx, values = select_batch(model, POOL, y, 3, kind="explore")
+    assert idx[0] == np.argmax(std)
+    assert values[0] == pytest.approx(std.max(), rel=1e-6)
+    # conditioning on earlier picks keeps later ones away from them
+    x = POOL[idx, 0]
+    assert np.min(np.abs(x[:, None] - x[None, :]) + np.eye(3)) > 0.05
+    assert (std[idx] > np.median(std)).all()
+
+
+@pytest.mark.parametrize("kind", ["qlogei", "qlognei", "ucb", "greedy", "thompson"])
+def test_minimize_and_maximize_pick_opposite_ends(slope, kind):
+    model, X, y = slope
+    hi, _ = select_batch(model, POOL, y, 1, True, seed=0, kind=kind, X_train=X)
+    lo, _ = select_batch(model, POOL, y, 1, False, seed=0, kind=kind, X_train=X)
+    assert POOL[hi[0], 0] > 0.7
+    assert POOL[lo[0], 0] < 0.3
+
+
+def test_pending_row_and_its_neighbourhood_are_not_picked_again():
+    # two unobserved peaks, at 0.25 and 0.75: once one is running, qLogEI turns to the other
+    X = np.array([0.0, 0.125, 0.375, 0.5, 0.625, 0.875, 1.0])[:, None]
+    y = _bump(X + 0.45) + _bump(X - 0.05)
+    model = GPSurrogate(random_state=0).fit(X, y)
+    (first,), _ = select_batch(model, POOL, y, 1, seed=0)
+    (again,), _ = select_batch(model, POOL, y, 1, seed=0)
+    assert again == first
+    (second,), _ = select_batch(model, POOL, y, 1, seed=0, pending=POOL[[first]])
+    assert abs(POOL[second, 0] - POOL[first, 0]) > 0.3
+
+
+@pytest.mark.parametrize("kind", ["greedy", "explore", "thompson"])
+def test_posterior_kinds_never_pick_a_pending_row(bump, kind):
+    model, _, y = bump
+    free, _ = select_batch(model, POOL, y, 3, seed=0, kind=kind)
+    idx, _ = select_batch(model, POOL, y, 3, seed=0, kind=kind, pending=POOL[free])
+    assert not set(idx.tolist()) & set(free.tolist())
+
+
+def _feasible_left(X):
+    """scikit-learn style predict_proba: P(feasible) in the second column, feasible for x < 0.5."""
+    p = np.where(X[:, 0] < 0.5, 0.9, 0.0)
+    return np.column_stack([1 - p, p])
+
+
+@pytest.mark.parametrize("kind", ACQUISITIONS)
+def test_constraint_steers_the_batch_to_feasible_rows(slope, kind):
+    model, X, y = slope
+    free, _ = select_batch(model, POOL, y, 3, seed=0, kind=kind, X_train=X)
+    assert (POOL[free, 0] >= 0.5).any()
+    idx, _ = select_batch(
+        model, POOL, y, 3, seed=0, kind=kind, X_train=X, constraint=_feasible_left
+    )
+    assert (POOL[idx, 0] < 0.5).all()
+
+
+class _TwoOutput:
+    """A surrogate whose model predicts the objective and a constraint quantity."""
+
+    def __init__(self, X, Y):
+        torch.manual_seed(0)
+        from botorch.fit import fit_gpytorch_mll
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        self.model_ = SingleTaskGP(as_tensor(X), as_tensor(Y), outcome_transform=Standardize(m=2))
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(self.model_.likelihood, self.model_))
+        self.model_.eval()
+
+
+@pytest.mark.parametrize("kind", ["qlogei", "ucb", "greedy"])
+def test_numeric_constraint_bounds_the_second_output(kind):
+    X = np.linspace(0.0, 1.0, 9)[:, None]
+    Y = np.column_stack([3.0 * X[:, 0], X[:, 0] - 0.5])  # feasible where x <= 0.5
+    model = _TwoOutput(X, Y)
+    idx, _ = select_batch(model, POOL, Y, 3, seed=0, kind=kind, constraint=0.0)
+    assert (POOL[idx, 0] <= 0.55).all()
+
+
+def test_thompson_is_reproducible_with_a_seed(bump):
+    model, _, y = bump
+    a, va = select_batch(model, POOL, y, 4, seed=7, kind="thompson")
+    b, vb = select_batch(model, POOL, y, 4, seed=7, kind="thompson")
+    assert a.tolist() == b.tolist() and np.allclose(va, vb)
+    others = {tuple(select_batch(model, POOL, y, 4, seed=s, kind="thompson")[0]) for s in range(5)}
+    assert len(others) > 1
+
+
+def test_unknown_kind_is_named_with_the_known_ones(bump):
+    model, _, y = bump
+    with pytest.raises(ValueError, match=r"'qei'.*qlogei.*explore"):
+        select_batch(model, POOL, y, 2, kind="qei")
+
+
+def test_bad_inputs_are_refused_with_a_reason(bump):
+    model, _, y = bump
+    with pytest.raises(ValueError, match="X_train"):
+        select_batch(model, POOL, y, 2, kind="qlognei")
+    with pytest.raises(ValueError, match="batch_size"):
+        select_batch(model, POOL, y, 0)
+    with pytest.raises(ValueError, match="pending"):
+        select_batch(model, POOL, y, 2, pending=np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="second output"):
+        select_batch(model, POOL, y, 2, constraint=0.0)
+    with pytest.raises(ValueError, match="model_"):
+        select_batch(GPSurrogate(), POOL, y, 2)
