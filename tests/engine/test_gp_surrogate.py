@@ -1,0 +1,96 @@
+"""The default GP surrogate: target transform, predictive intervals, sparse fit, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matforge.engine.surrogate import GPSurrogate
+from matforge.engine.transforms import GaussianCopula
+
+
+def test_copula_is_monotone_and_inverts_on_the_data():
+    y = np.array([3.0, 1.0, 1000.0, 2.0, 2.0, 50.0])
+    c = GaussianCopula().fit(y)
+    z = c.transform(y)
+    assert np.all(np.diff(z[np.argsort(y)]) >= 0)
+    assert z[1] < z[3] == z[4] < z[0] < z[5] < z[2]
+    assert np.allclose(c.inverse(c.transform(y)), y)
+    # beyond the data it extrapolates monotonically
+    assert c.inverse(np.array([z.max() + 1]))[0] > 1000
+    assert c.transform(np.array([-5.0]))[0] < z.min()
+
+
+def _data(n, seed=0, noise=0.1):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, 3))
+    f = np.sin(4 * X[:, 0]) + X[:, 1] ** 2
+    return X, f + noise * rng.normal(size=n)
+
+
+def test_intervals_cover_held_out_measurements_at_about_their_level():
+    X, y = _data(260, noise=0.15)
+    model = GPSurrogate(random_state=0).fit(X[:200], y[:200])
+    lo, hi = model.predict_interval(X[200:], level=0.9)
+    inside = np.mean((y[200:] >= lo) & (y[200:] <= hi))
+    assert 0.8 <= inside <= 0.98, inside
+    mean = model.predict(X[200:])
+    assert np.sqrt(np.mean((mean - y[200:]) ** 2)) < 0.3 * y.std()
+
+
+def test_skewed_targets_are_fitted_in_rank_space_and_predicted_in_their_units():
+    X, y = _data(80, noise=0.02)
+    skewed = np.exp(3 * y)  # spans decades
+    model = GPSurrogate(random_state=0).fit(X[:60], skewed[:60])
+    mean, std = model.predict(X[60:], return_std=True)
+    assert np.all(std > 0)
+    rho = np.corrcoef(np.argsort(np.argsort(mean)), np.argsort(np.argsort(skewed[60:])))[0, 1]
+    assert rho > 0.9
+    assert model.transform_targets(skewed[:60]).std() == pytest.approx(1, abs=0.2)
+
+
+def test_uncertainty_grows_away_from_the_data():
+    X, y = _data(40)
+    model = GPSurrogate(random_state=0).fit(X, y)
+    _, near = model.predict(X[:5], return_std=True)
+    _, far = model.predict(X[:5] + 3.0, return_std=True)
+    assert np.all(far > 2 * near)
+    lo, hi = model.predict_interval(X[:5])
+    flo, fhi = model.predict_interval(X[:5] + 3.0)
+    assert np.all(fhi - flo > 2 * (hi - lo))
+
+
+def test_sparse_gp_above_exact_max_predicts_like_the_exact_one():
+    X, y = _data(160)
+    exact = GPSurrogate(random_state=0).fit(X[:120], y[:120])
+    sparse = GPSurrogate(random_state=0, exact_max=100, n_inducing=30).fit(X[:120], y[:120])
+    assert type(sparse.model_.covar_module).__name__ == "InducingPointKernel"
+    a, b = exact.predict(X[120:]), sparse.predict(X[120:])
+    assert np.sqrt(np.mean((a - b) ** 2)) < 0.15 * y.std()
+
+
+def test_constant_columns_are_ignored_not_warned_about():
+    X, y = _data(30)
+    X = np.column_stack([X, np.full(len(X), 7.0)])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = GPSurrogate(random_state=0).fit(X, y)
+    assert model.keep_.tolist() == [0, 1, 2]
+    assert model.predict(X[:3]).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, X, y, needle",
+    [
+        ({}, np.ones((3, 2)), np.ones(2), "X has shape"),
+        ({}, np.ones((1, 2)), np.ones(1), "at least 2"),
+        ({}, np.array([[0.0], [np.nan]]), np.ones(2), "NaN"),
+        ({"kernel": "cubic"}, np.eye(2), np.ones(2), "kernel"),
+        ({"y_transform": "log"}, np.eye(2), np.ones(2), "y_transform"),
+    ],
+)
+def test_bad_input_is_named(kwargs, X, y, needle):
+    with pytest.raises(ValueError, match=needle):
+        GPSurrogate(**kwargs).fit(X, y)
