@@ -23,7 +23,7 @@ from torch import Tensor
 
 from matforge.engine.surrogate import DTYPE, as_tensor
 
-ACQUISITIONS = ("qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
+ACQUISITIONS = ("pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
 """Acquisition kinds :func:`select_batch` knows."""
 
 _LOG_KINDS = ("qlogei", "qlognei")
@@ -200,10 +200,26 @@ def _posterior_objective(model, X: Tensor) -> tuple[Tensor, Tensor]:
         return post.mean[..., 0], post.variance[..., 0].clamp_min(0).sqrt()
 
 
-def _condition_on_mean(model, X: Tensor):
-    """The model conditioned on observing its own posterior mean at X (a "kriging believer")."""
+def _predictive(model, X: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of a new measurement of the first output at X."""
     with torch.no_grad():
-        return model.condition_on_observations(X, model.posterior(X).mean)
+        try:
+            post = model.posterior(X, observation_noise=True)
+        except (NotImplementedError, TypeError):  # models without a noise model
+            post = model.posterior(X)
+        return post.mean[..., 0], post.variance[..., 0].clamp_min(0).sqrt()
+
+
+def _condition_on_mean(model, X: Tensor):
+    """The model conditioned on observing its own posterior mean at X (a "kriging believer").
+
+    Models that cannot be conditioned (ensembles, forests) are returned as they are.
+    """
+    with torch.no_grad():
+        try:
+            return model.condition_on_observations(X, model.posterior(X).mean)
+        except NotImplementedError:
+            return model
 
 
 def _shift_and_weight(score: Tensor, p: Tensor | None) -> Tensor:
@@ -291,6 +307,12 @@ def select_batch(
       (mapped to the model's scale by the surrogate's ``transform_targets``, if any).
     - ``"qlognei"``: ``qLogNoisyExpectedImprovement`` with ``X_train`` as baseline,
       for noisy observations (no trust placed in the best observed value).
+    - ``"pucb"``: upper confidence bound of a new *measurement*: posterior mean
+      plus ``sqrt(beta)`` times the predictive standard deviation, learned noise
+      included. With noisy, replicated data this keeps re-measuring promising
+      candidates worth more than chasing the model's uncertainty alone. Batches
+      hallucinate each pick's outcome at its mean before the next (GP-BUCB,
+      Desautels et al. 2014), so a batch spreads out. matforge's default.
     - ``"ucb"``: ``qUpperConfidenceBound`` with ``beta``.
     - ``"thompson"``: ``batch_size`` joint posterior samples over the pool; slot k
       takes the best row of sample k not already picked.
@@ -339,7 +361,7 @@ def select_batch(
     kind : one of :data:`ACQUISITIONS`
     X_train : array of shape (n_train, n_features), needed by ``qlognei``
     pending : array of shape (n_pending, n_features), rows still being evaluated
-    beta : exploration weight of ``ucb``
+    beta : exploration weight of ``ucb`` and ``pucb``
     constraint : callable giving P(feasible) per row, a bound on the model's second
         output, or None
 
@@ -404,6 +426,20 @@ def select_batch(
                     taken[best] = True
                     picked.append(best)
                     picked_values.append(score[best])
+                values = torch.stack(picked_values)
+            elif kind == "pucb":
+                conditioned = _condition_on_mean(model, pending_t) if pending_t is not None else model
+                taken = torch.zeros(len(choices), dtype=torch.bool)
+                for k in range(q):
+                    mean, std = _predictive(conditioned, choices)
+                    score = _shift_and_weight(sign * mean + beta**0.5 * std, p)
+                    score = score.masked_fill(taken, -torch.inf)
+                    best = int(torch.argmax(score))
+                    taken[best] = True
+                    picked.append(best)
+                    picked_values.append(score[best])
+                    if k + 1 < q:
+                        conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
                 values = torch.stack(picked_values)
             else:
                 conditioned = model if pending_t is None else _condition_on_mean(model, pending_t)

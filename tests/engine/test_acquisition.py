@@ -180,3 +180,22 @@ def test_bad_inputs_are_refused_with_a_reason(bump):
         select_batch(model, POOL, y, 2, constraint=0.0)
     with pytest.raises(ValueError, match="model_"):
         select_batch(GPSurrogate(), POOL, y, 2)
+
+
+def test_pucb_trades_predicted_value_for_uncertainty_by_beta():
+    from matforge.engine.surrogate import GPSurrogate
+
+    rng = np.random.default_rng(0)
+    X_train = rng.uniform(0.0, 0.5, size=(12, 1))  # nothing known above 0.5
+    y_train = np.sin(6 * X_train[:, 0]) + 0.05 * rng.normal(size=12)
+    model = GPSurrogate(random_state=0).fit(X_train, y_train)
+    pool = np.linspace(0, 1, 41)[:, None]
+    best_known = pool[np.argmax(model.predict(pool[pool[:, 0] <= 0.5]))]
+    (greedy,), _ = select_batch(model, pool, y_train, 1, kind="pucb", beta=0.0)
+    assert abs(pool[greedy, 0] - best_known[0]) < 0.06
+    (bold,), _ = select_batch(model, pool, y_train, 1, kind="pucb", beta=25.0)
+    assert pool[bold, 0] > 0.7  # the unexplored end
+    batch, values = select_batch(model, pool, y_train, 4, kind="pucb", beta=4.0)
+    assert len(set(batch.tolist())) == 4 and np.all(np.diff(values) <= 1e-9)
+    # hallucinated outcomes spread the batch instead of stacking neighbours
+    assert np.ptp(pool[batch, 0]) > 0.1
