@@ -7,13 +7,11 @@ so re-running an interrupted round proposes and selects the same candidates.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from matforge.engine.acquisition import diverse_random_batch, select_batch
 from matforge.engine.config import CampaignConfig
-from matforge.engine.featurize import MaterialFeaturizer, standardize
+from matforge.engine.featurize import MaterialFeaturizer
 from matforge.engine.generate import (
     Candidate,
     DecorationGenerator,
@@ -21,11 +19,13 @@ from matforge.engine.generate import (
     propose_candidates,
 )
 from matforge.engine.store import Evaluation
+from matforge.engine.metrics import uncertainty_metrics
+from matforge.engine.strategy import MIN_TRAINING, Selection, Strategy
 from matforge.engine.surrogate import GPSurrogate
 
+__all__ = ["MIN_TRAINING", "Selection", "propose", "featurize", "fit_surrogate", "select"]
+
 PROPOSE, SELECT = 0, 1
-MIN_TRAINING = 3
-"""Fewest accepted results before the surrogate takes over from diverse random picks."""
 
 
 def round_rng(seed: int, round: int, stage: int) -> np.random.Generator:
@@ -69,60 +69,76 @@ def featurize(elements: Sequence[str], structures: Sequence) -> np.ndarray:
     return MaterialFeaturizer(elements).transform(list(structures))
 
 
-def fit_surrogate(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> GPSurrogate:
+def strategy(config: CampaignConfig) -> Strategy:
+    """The configured surrogate and acquisition."""
+    return Strategy(
+        surrogate=config.surrogate.kind,
+        acquisition=config.acquisition.kind,
+        beta=config.acquisition.beta,
+        surrogate_params=dict(config.surrogate.parameters),
+    )
+
+
+def fit_surrogate(config: CampaignConfig, X: np.ndarray, y: np.ndarray):
     """Fit the configured surrogate on X : (n_train, n_features), y : (n_train,).
 
     The seed depends on the training size only, so a refit after a restart
     reproduces the model the interrupted run had.
     """
-    return GPSurrogate(random_state=config.seed + len(y)).fit(X, y)
+    return strategy(config).fit(X, y, seed=config.seed + len(y))
+
+
+def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Held-out quality of the configured surrogate on X : (n, n_features), y : (n,).
+
+    K-fold cross-validation (5 folds, leave-one-out below 5 results): RMSE, MAE,
+    Gaussian NLL, share of points inside the 90 % predictive interval and the
+    miscalibration area, all for a new measurement (noise included).
+    """
+    from sklearn.model_selection import KFold
+
+    s = strategy(config)
+    seed = config.seed + len(y)
+    mean, std = np.empty(len(y)), np.empty(len(y))
+    inside = np.zeros(len(y), dtype=bool)
+    for train, test in KFold(min(5, len(y)), shuffle=True, random_state=seed).split(X):
+        model = s.fit(X[train], y[train], seed)
+        if isinstance(model, GPSurrogate):
+            mean[test], std[test] = model.predict(X[test], return_std=True, observation_noise=True)
+            lo, hi = model.predict_interval(X[test], level=0.9)
+        else:
+            mean[test], std[test] = model.predict(X[test], return_std=True)
+            lo, hi = mean[test] - 1.6449 * std[test], mean[test] + 1.6449 * std[test]
+        inside[test] = (y[test] >= lo) & (y[test] <= hi)
+    metrics = uncertainty_metrics(y, mean, np.maximum(std, 1e-12))
+    metrics["coverage90"] = float(inside.mean())
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def model_version(config: CampaignConfig, n_train: int) -> str:
-    return f"{config.surrogate.kind}-n{n_train}"
-
-
-@dataclass
-class Selection:
-    """The candidates picked in a round with what the surrogate said of them.
-
-    Arrays have shape (n_picked,); mean, std and acquisition are NaN where no
-    model was used.
-    """
-
-    indices: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    acquisition: np.ndarray
-    model_version: str | None
+    return strategy(config).model_version(n_train)
 
 
 def select(
     config: CampaignConfig,
     round: int,
     X_pool: np.ndarray,
+    X_train: np.ndarray,
     y_train: np.ndarray,
     n: int,
-    model: GPSurrogate | None = None,
+    model=None,
 ) -> Selection:
     """Pick ``n`` rows of the pool X_pool : (n_pool, n_features).
 
     Without a model (too little data) the pick is spread over feature space;
     with ``acquisition.kind: random`` it is uniform (the random baseline);
-    otherwise qLogEI on ``model`` chooses the batch.
+    otherwise the configured acquisition on ``model`` chooses the batch.
     """
-    rng = round_rng(config.seed, round, SELECT)
-    n = min(n, len(X_pool))
-    if config.acquisition.kind == "random" or model is None:
-        if config.acquisition.kind == "random":
-            idx = rng.choice(len(X_pool), size=n, replace=False)
-        else:
-            (scaled,) = standardize(X_pool)
-            idx = diverse_random_batch(scaled, n, rng)
-        nan = np.full(len(idx), np.nan)
-        return Selection(np.asarray(idx), nan, nan, nan, None)
-    maximize = config.objective.is_maximized()
-    idx, acq = select_batch(model, X_pool, y_train, n, maximize=maximize, seed=config.seed + round)
-    mean, std = model.predict(X_pool[idx], return_std=True)
-    version = model_version(config, len(y_train))
-    return Selection(np.asarray(idx), mean, std, np.asarray(acq), version)
+    seed = int(round_rng(config.seed, round, SELECT).integers(2**31))
+    if model is None and config.acquisition.kind != "random":
+        y_train = y_train[:0]  # spread-out random picks until a model is fitted
+        X_train = X_train[:0]
+    return strategy(config).select(
+        X_train, y_train, X_pool, n, maximize=config.objective.is_maximized(), seed=seed,
+        model=model,
+    )

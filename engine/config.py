@@ -54,11 +54,43 @@ class ObjectiveSettings(_Section):
 
 
 class SurrogateSettings(_Section):
-    kind: Literal["gp"] = "gp"
+    """The model that screens candidates.
+
+    ``gp``: Gaussian process, ARD Matérn-5/2 on rank-transformed targets (the
+    default); ``ensemble``: deep ensemble; ``forest``: random forest with
+    per-tree spread; ``ridge``: Bayesian ridge baseline; ``auto``: the one with
+    the lowest cross-validated NLL, chosen again each round. ``parameters`` go
+    to the model's constructor (e.g. ``{kernel: rbf, y_transform: none}``).
+    """
+
+    kind: Literal["gp", "ensemble", "forest", "ridge", "auto"] = "gp"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _parameters_fit(self) -> SurrogateSettings:
+        import inspect
+
+        from matforge.engine.model_selection import AutoSurrogate, SURROGATES
+
+        cls = AutoSurrogate if self.kind == "auto" else SURROGATES[self.kind]
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "random_state"}
+        unknown = sorted(set(self.parameters) - known)
+        if unknown:
+            raise ValueError(
+                f"surrogate.parameters: {', '.join(unknown)} not accepted by {self.kind!r} "
+                f"(accepted: {', '.join(sorted(known))})"
+            )
+        return self
 
 
 class AcquisitionSettings(_Section):
-    kind: Literal["qlogei", "random"] = "qlogei"
+    """How a batch is chosen: ``pucb`` (default), ``qlogei``, ``qlognei``, ``ucb``,
+    ``thompson``, ``greedy``, ``explore``, or ``random`` (the baseline)."""
+
+    kind: Literal[
+        "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore", "random"
+    ] = "pucb"
+    beta: float = Field(1.0, ge=0, le=100, description="exploration weight of ucb and pucb")
 
 
 class EvaluatorSettings(_Section):

@@ -40,15 +40,17 @@ def make_surrogate(kind: str, random_state: int | None = None, **params):
 
     Parameters
     ----------
-    kind : one of ``SURROGATES``
+    kind : one of ``SURROGATES``, or "auto" for :class:`AutoSurrogate`
     random_state : seed passed to the surrogate
     **params : further constructor arguments of that surrogate
     """
+    if kind == "auto":
+        return AutoSurrogate(random_state=random_state, **params)
     try:
         cls = SURROGATES[kind]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown surrogate kind {kind!r}; known kinds: {', '.join(sorted(SURROGATES))}"
+            f"unknown surrogate kind {kind!r}; known kinds: auto, {', '.join(sorted(SURROGATES))}"
         ) from None
     return cls(random_state=random_state, **params)
 

@@ -51,8 +51,13 @@ def retrain_task(config: CampaignConfig, X: np.ndarray, y: np.ndarray):
 
 
 @task(**TASK)
-def select_task(config, round, X_pool, y_train, n, model) -> engine.Selection:
-    return engine.select(config, round, X_pool, y_train, n, model)
+def metrics_task(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    return engine.surrogate_metrics(config, X, y)
+
+
+@task(**TASK)
+def select_task(config, round, X_pool, X_train, y_train, n, model) -> engine.Selection:
+    return engine.select(config, round, X_pool, X_train, y_train, n, model)
 
 
 @task(**TASK, task_run_name="evaluate-{label}")
@@ -264,9 +269,8 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
         started = time.perf_counter()
         training = _training(store, campaign_id, round, maximize)
         y_train = np.array([e.objective for e in training])
-        train_structures = [e.input_structure() for e in training]
+        X_train = featurize_task(config.elements, [e.input_structure() for e in training])
         if model is None and len(training) >= engine.MIN_TRAINING and config.acquisition.kind != "random":
-            X_train = featurize_task(config.elements, train_structures)
             model = retrain_task(config, X_train, y_train)
 
         n_new = max(0, min(config.batch_size, config.budget - claimed_before))
@@ -279,7 +283,7 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
         store.start_round(campaign_id, round, len(pool), engine.model_version(config, len(training)) if model else None)
         if pool:
             X_pool = featurize_task(config.elements, [c.structure for c in pool])
-            sel = select_task(config, round, X_pool, y_train, n_new, model)
+            sel = select_task(config, round, X_pool, X_train, y_train, n_new, model)
             for k, i in enumerate(sel.indices):
                 cand = pool[int(i)]
                 evaluation_id, status, _ = store.claim(
@@ -302,14 +306,19 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
             review_artifact_task(config, campaign_id)
 
         training = _training(store, campaign_id, round + 1, maximize)
+        metrics = None
         if len(training) >= engine.MIN_TRAINING and config.acquisition.kind != "random":
             X_train = featurize_task(config.elements, [e.input_structure() for e in training])
-            model = retrain_task(config, X_train, np.array([e.objective for e in training]))
+            y_train = np.array([e.objective for e in training])
+            model = retrain_task(config, X_train, y_train)
+            # held-out quality of the model that will pick the next round
+            metrics = metrics_task(config, X_train, y_train)
         best = training[0].objective if training else None
         store.finish_round(
             campaign_id,
             round,
             {"evaluated": len(work), "flagged": flagged, "best": best,
+             "surrogate": config.surrogate.kind, "surrogate_metrics": metrics,
              "seconds": time.perf_counter() - started},
         )
         logger.info(

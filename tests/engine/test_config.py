@@ -40,3 +40,23 @@ def test_relative_store_and_workdir_resolve_beside_the_file(tmp_path):
     config = load_config(path)
     assert config.store == f"sqlite:///{tmp_path / 'here.db'}"
     assert config.workdir == str(tmp_path / "matforge-runs")
+
+
+def test_surrogate_and_acquisition_choices():
+    config = parse_config({"name": "c", "elements": ["Cu"]})
+    assert (config.surrogate.kind, config.acquisition.kind, config.acquisition.beta) == (
+        "gp", "pucb", 1.0,
+    )
+    config = parse_config({
+        "name": "c", "elements": ["Cu"],
+        "surrogate": {"kind": "forest", "parameters": {"n_estimators": 50}},
+        "acquisition": {"kind": "thompson"},
+    })
+    assert config.surrogate.parameters == {"n_estimators": 50}
+    with pytest.raises(ConfigError, match="field 'surrogate'.*kernal not accepted by 'gp'"):
+        parse_config({"name": "c", "elements": ["Cu"],
+                      "surrogate": {"kind": "gp", "parameters": {"kernal": "rbf"}}})
+    with pytest.raises(ConfigError, match="field 'acquisition.kind'"):
+        parse_config({"name": "c", "elements": ["Cu"], "acquisition": {"kind": "magic"}})
+    with pytest.raises(ConfigError, match="field 'acquisition.beta'"):
+        parse_config({"name": "c", "elements": ["Cu"], "acquisition": {"beta": -1}})

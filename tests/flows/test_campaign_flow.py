@@ -57,7 +57,12 @@ def test_two_rounds_on_a_real_server_then_resume_does_nothing_new(
         assert -1.0 < e.objective < 1.0
         assert e.objective == e.result["formation_energy_per_atom"]
         assert len(e.result["forces"]) == len(e.input_structure())
-    assert store.rounds(cid)[-1]["finished"]
+    rounds = store.rounds(cid)
+    assert rounds[-1]["finished"]
+    # every round stores the held-out quality of the model that picks the next one
+    metrics = rounds[-1]["info"]["surrogate_metrics"]
+    assert set(metrics) >= {"rmse", "mae", "nll", "coverage90", "miscalibration_area"}
+    assert metrics["rmse"] > 0 and 0 <= metrics["coverage90"] <= 1
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
