@@ -185,6 +185,60 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_benchmark_pool(args) -> int:
+    """Replay campaigns against a table of measured candidates; write the picks as JSON."""
+    import json
+
+    from matforge.adapters.table import TableEvaluator
+    from matforge.engine.pool import TableError, experiments_to_find, run_pool_campaign, top_rows
+    from matforge.engine.strategy import Strategy
+
+    for flag, value, low in (("--budget", args.budget, 1), ("--repeats", args.repeats, 1),
+                             ("--init", args.init, 1), ("--batch", args.batch, 1),
+                             ("--seed", args.seed, 0)):
+        if value < low:
+            return _fail(f"{flag} must be >= {low}, got {value}")
+    try:
+        table = TableEvaluator(args.data, args.target, args.minimize)
+    except TableError as error:
+        return _fail(str(error))
+    pool = table.table
+    if args.init > len(pool) or args.init > args.budget:
+        return _fail(f"--init {args.init} is larger than the budget or the table ({len(pool)} rows)")
+    try:
+        strategy = (
+            Strategy() if args.strategy == "default"
+            else Strategy(acquisition="random") if args.strategy == "random"
+            else Strategy(*args.strategy.split(":", 1))
+        )
+    except (ValueError, TypeError) as error:
+        return _fail(f"--strategy {args.strategy!r}: {error} "
+                     "(use default, random or SURROGATE:ACQUISITION, e.g. forest:ucb)")
+    top = top_rows(pool.y, pool.maximize)
+    picks = []
+    for repeat in range(args.repeats):
+        rows = run_pool_campaign(
+            pool.X, table, strategy.chooser(), args.budget, maximize=pool.maximize,
+            n_init=args.init, batch_size=args.batch, seed=args.seed + repeat,
+        )
+        picks.append(rows)
+        found = {s: experiments_to_find(rows, top, s) for s in (0.5, 0.8)}
+        print(f"repeat {repeat}: {len(rows)} picks; 50 % of the top 5 % after {found[0.5]}, "
+              f"80 % after {found[0.8]}", flush=True)
+    result = {
+        "data": str(args.data), "target": args.target,
+        "direction": "maximize" if pool.maximize else "minimize",
+        "strategy": args.strategy, "surrogate": strategy.surrogate,
+        "acquisition": strategy.acquisition, "beta": strategy.beta,
+        "budget": args.budget, "init": args.init, "batch": args.batch, "seed": args.seed,
+        "top5_rows": top.tolist(), "picks": picks,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"picks written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--reject", type=int, nargs="*", default=[], metavar="ID")
     review.add_argument("--note", help="why, kept with the decision")
     review.set_defaults(func=cmd_review)
+
+    bench = sub.add_parser("benchmark", help="replay campaigns against historical data")
+    bench_sub = bench.add_subparsers(dest="kind", required=True)
+    pool = bench_sub.add_parser(
+        "pool", help="pool-based campaign on a CSV table: numeric columns but the target are features"
+    )
+    pool.add_argument("data", metavar="DATA.csv")
+    pool.add_argument("--target", required=True, help="the column the 'experiment' measures")
+    pool.add_argument("--minimize", action="store_true", help="smaller target is better")
+    pool.add_argument("--budget", type=int, default=100, help="rows picked per repeat, start included")
+    pool.add_argument("--repeats", type=int, default=1)
+    pool.add_argument("--seed", type=int, default=0, help="repeat k uses seed + k")
+    pool.add_argument("--init", type=int, default=2, help="random starting rows")
+    pool.add_argument("--batch", type=int, default=1)
+    pool.add_argument("--strategy", default="default",
+                      help="default, random, or SURROGATE:ACQUISITION (e.g. forest:ucb, gp:qlogei)")
+    pool.add_argument("--out", metavar="RESULT.json")
+    pool.set_defaults(func=cmd_benchmark_pool)
     return parser
 
 
