@@ -18,8 +18,9 @@ from matforge.engine.generate import (
     MutationGenerator,
     propose_candidates,
 )
-from matforge.engine.store import Evaluation
+from matforge.engine.forest import FeasibilityClassifier
 from matforge.engine.metrics import uncertainty_metrics
+from matforge.engine.store import Evaluation
 from matforge.engine.strategy import MIN_TRAINING, Selection, Strategy
 from matforge.engine.surrogate import GPSurrogate
 
@@ -115,6 +116,43 @@ def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> d
     return {k: float(v) for k, v in metrics.items()}
 
 
+def result_value(result: dict | None, name: str) -> float | None:
+    """A scalar of a stored result dict: a field or an entry of its ``properties``."""
+    if not result:
+        return None
+    value = result.get(name, (result.get("properties") or {}).get(name))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
+
+
+def feasibility(config: CampaignConfig, X_train: np.ndarray, results: Sequence[dict | None]):
+    """P(all outcome constraints hold) as ``p(X) -> array (n,)``, or None without constraints.
+
+    One :class:`~matforge.engine.forest.FeasibilityClassifier` per constraint is
+    fitted on the training results that report the property; the probabilities
+    multiply (constraints treated as independent).
+    """
+    if not config.constraints or len(X_train) == 0:
+        return None
+    classifiers = []
+    for c in config.constraints:
+        values = np.array([result_value(r, c.property) for r in results], dtype=float)
+        known = np.isfinite(values)
+        if not known.any():
+            continue
+        threshold, below = (c.below, True) if c.below is not None else (c.above, False)
+        clf = FeasibilityClassifier(threshold, below=below, random_state=config.seed)
+        classifiers.append(clf.fit(X_train[known], values[known]))
+    if not classifiers:
+        return None
+
+    def probability(X: np.ndarray) -> np.ndarray:
+        return np.prod([clf.predict_proba(X) for clf in classifiers], axis=0)
+
+    return probability
+
+
 def model_version(config: CampaignConfig, n_train: int) -> str:
     return strategy(config).model_version(n_train)
 
@@ -127,6 +165,7 @@ def select(
     y_train: np.ndarray,
     n: int,
     model=None,
+    constraint=None,
 ) -> Selection:
     """Pick ``n`` rows of the pool X_pool : (n_pool, n_features).
 
@@ -140,5 +179,5 @@ def select(
         X_train = X_train[:0]
     return strategy(config).select(
         X_train, y_train, X_pool, n, maximize=config.objective.is_maximized(), seed=seed,
-        model=model,
+        model=model, constraint=constraint,
     )

@@ -53,6 +53,25 @@ class ObjectiveSettings(_Section):
         return self.direction == "maximize"
 
 
+class ConstraintSettings(_Section):
+    """An outcome that must hold for a candidate to count, e.g. formation energy below 0.
+
+    A classifier of the probability that a candidate satisfies it is trained
+    each round on the results so far and multiplies the acquisition (expected
+    improvement times probability of feasibility).
+    """
+
+    property: str = Field(description="a scalar of the evaluator's result")
+    below: float | None = Field(None, description="feasible when the property is below this")
+    above: float | None = Field(None, description="feasible when the property is above this")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ConstraintSettings:
+        if (self.below is None) == (self.above is None):
+            raise ValueError("constraint: give exactly one of 'below' or 'above'")
+        return self
+
+
 class SurrogateSettings(_Section):
     """The model that screens candidates.
 
@@ -147,6 +166,7 @@ class CampaignConfig(_Section):
     elements: list[str] = Field(min_length=1)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    constraints: list[ConstraintSettings] = Field(default_factory=list)
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
     acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
     batch_size: int = Field(8, ge=1, le=10_000)

@@ -102,6 +102,7 @@ class Strategy:
         seed: int = 0,
         model=None,
         pending: np.ndarray | None = None,
+        constraint=None,
     ) -> Selection:
         """Pick ``n`` rows of X_pool : (n_pool, n_features) given X_train, y_train.
 
@@ -109,7 +110,7 @@ class Strategy:
         the picks are random: spread over feature space, or uniform for
         ``random``. ``model`` is a surrogate already fitted to the training data;
         without one it is fitted here, normalizing inputs over training data and
-        pool together.
+        pool together. ``constraint(X) -> P(feasible)`` weights the acquisition.
         """
         rng = np.random.default_rng(seed)
         n = min(int(n), len(X_pool))
@@ -126,7 +127,7 @@ class Strategy:
             model = self.fit(X_train, y_train, seed, np.stack([both.min(0), both.max(0)]))
         idx, acq = select_batch(
             model, X_pool, y_train, n, maximize=maximize, seed=seed, kind=self.acquisition,
-            X_train=X_train, pending=pending, beta=self.beta,
+            X_train=X_train, pending=pending, beta=self.beta, constraint=constraint,
         )
         mean, std = model.predict(X_pool[idx], return_std=True)
         return Selection(np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train)))

@@ -56,8 +56,9 @@ def metrics_task(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> dict[s
 
 
 @task(**TASK)
-def select_task(config, round, X_pool, X_train, y_train, n, model) -> engine.Selection:
-    return engine.select(config, round, X_pool, X_train, y_train, n, model)
+def select_task(config, round, X_pool, X_train, y_train, n, model, results) -> engine.Selection:
+    constraint = engine.feasibility(config, X_train, results) if model is not None else None
+    return engine.select(config, round, X_pool, X_train, y_train, n, model, constraint)
 
 
 @task(**TASK, task_run_name="evaluate-{label}")
@@ -283,7 +284,10 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
         store.start_round(campaign_id, round, len(pool), engine.model_version(config, len(training)) if model else None)
         if pool:
             X_pool = featurize_task(config.elements, [c.structure for c in pool])
-            sel = select_task(config, round, X_pool, X_train, y_train, n_new, model)
+            sel = select_task(
+                config, round, X_pool, X_train, y_train, n_new, model,
+                [e.result for e in training],
+            )
             for k, i in enumerate(sel.indices):
                 cand = pool[int(i)]
                 evaluation_id, status, _ = store.claim(
