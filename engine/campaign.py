@@ -19,6 +19,7 @@ from matforge.engine.generate import (
     propose_candidates,
 )
 from matforge.engine.forest import FeasibilityClassifier
+from matforge.engine.inverse import composition_candidates, optimize_composition, supported_totals
 from matforge.engine.metrics import uncertainty_metrics
 from matforge.engine.store import Evaluation
 from matforge.engine.strategy import MIN_TRAINING, Selection, Strategy
@@ -26,7 +27,7 @@ from matforge.engine.surrogate import GPSurrogate
 
 __all__ = ["MIN_TRAINING", "Selection", "propose", "featurize", "fit_surrogate", "select"]
 
-PROPOSE, SELECT = 0, 1
+PROPOSE, SELECT, INVERSE = 0, 1, 2
 
 
 def round_rng(seed: int, round: int, stage: int) -> np.random.Generator:
@@ -36,27 +37,64 @@ def round_rng(seed: int, round: int, stage: int) -> np.random.Generator:
 def propose(
     config: CampaignConfig, round: int, parents: Sequence[Evaluation], exclude: set[str]
 ) -> list[Candidate]:
-    """The round's candidate pool: decorations plus mutations of the best results.
+    """The round's candidate pool: inverse-designed compositions, mutations of the best
+    results and decorations.
 
     ``parents`` are accepted evaluations, best first; candidates whose
     fingerprint is in ``exclude`` are never proposed.
     """
     g = config.generator
+    rng = round_rng(config.seed, round, PROPOSE)
     decorator = DecorationGenerator(config.elements, g.lattices, g.max_atoms, g.max_species)
     mutator = MutationGenerator(config.elements, g.max_species)
+    designed = inverse_designed(config, round, parents, decorator, exclude)
     parent_candidates = [
         Candidate(e.input_structure(), e.generator, fingerprint=e.fingerprint)
         for e in parents[: g.n_parents]
     ]
-    return propose_candidates(
-        g.pool_size,
-        round_rng(config.seed, round, PROPOSE),
+    return designed + propose_candidates(
+        g.pool_size - len(designed),
+        rng,
         decorator,
         mutator,
         parent_candidates,
         g.mutation_fraction,
-        exclude,
+        set(exclude) | {c.fingerprint for c in designed},
     )
+
+
+def inverse_designed(
+    config: CampaignConfig,
+    round: int,
+    results: Sequence[Evaluation],
+    decorator: DecorationGenerator,
+    exclude: set[str],
+) -> list[Candidate]:
+    """Up to ``generator.inverse_design`` candidates whose compositions a GP on element
+    fractions rates best: the acquisition is maximized over the continuous composition
+    simplex, snapped to whole-number stoichiometries the decorator can place.
+    """
+    n = config.generator.inverse_design
+    if n == 0 or len(results) < MIN_TRAINING:
+        return []
+    fractions = np.array([
+        [e.input_structure().composition.get_atomic_fraction(el) for el in config.elements]
+        for e in results
+    ])
+    y = np.array([e.objective for e in results])
+    seed = int(round_rng(config.seed, round, INVERSE).integers(2**31))
+    model = GPSurrogate(random_state=seed).fit(fractions, y, bounds=_unit_box(len(config.elements)))
+    compositions = optimize_composition(
+        model, config.elements, y, n, maximize=config.objective.is_maximized(),
+        max_atoms=config.generator.max_atoms, seed=seed, totals=supported_totals(decorator),
+        max_species=config.generator.max_species,
+    )
+    return composition_candidates(compositions, decorator, round_rng(config.seed, round, INVERSE),
+                                  exclude)
+
+
+def _unit_box(d: int) -> np.ndarray:
+    return np.stack([np.zeros(d), np.ones(d)])
 
 
 def rank_by_objective(evaluations: Sequence[Evaluation], maximize: bool) -> list[Evaluation]:

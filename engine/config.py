@@ -43,6 +43,10 @@ class GeneratorSettings(_Section):
         0.5, ge=0.0, le=1.0, description="share of the pool made by mutating the best results"
     )
     n_parents: int = Field(5, ge=1, description="best accepted results mutated each round")
+    inverse_design: int = Field(
+        0, ge=0, le=1000,
+        description="candidates per round from inverse design over the composition simplex",
+    )
 
 
 class ObjectiveSettings(_Section):
@@ -191,6 +195,11 @@ class CampaignConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignConfig:
+        if self.generator.inverse_design > self.generator.pool_size:
+            raise ValueError(
+                f"generator.inverse_design: {self.generator.inverse_design} is larger than "
+                f"generator.pool_size ({self.generator.pool_size})"
+            )
         if self.batch_size > self.generator.pool_size:
             raise ValueError(
                 f"batch_size: {self.batch_size} is larger than generator.pool_size "
