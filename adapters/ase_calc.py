@@ -40,6 +40,8 @@ class ASECalculatorEvaluator(Evaluator):
         "energy",
         "energy_per_atom",
         "formation_energy_per_atom",
+        "volume_per_atom",
+        "density",
     )
     _references: ClassVar[dict[tuple, float]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
@@ -104,6 +106,10 @@ class ASECalculatorEvaluator(Evaluator):
             converged=converged,
             n_steps=n_steps,
             wall_time=time.perf_counter() - start,
+            properties={
+                "volume_per_atom": float(relaxed.volume / n),  # Å^3
+                "density": float(relaxed.density),  # g/cm^3
+            },
         )
 
 

@@ -21,6 +21,12 @@ from matforge.engine.generate import (
 from matforge.engine.forest import FeasibilityClassifier
 from matforge.engine.inverse import composition_candidates, optimize_composition, supported_totals
 from matforge.engine.metrics import uncertainty_metrics
+from matforge.engine.multiobjective import (
+    default_ref_point,
+    hypervolume,
+    pareto_mask,
+    select_pareto_batch,
+)
 from matforge.engine.store import Evaluation
 from matforge.engine.strategy import MIN_TRAINING, Selection, Strategy
 from matforge.engine.surrogate import GPSurrogate
@@ -189,6 +195,66 @@ def feasibility(config: CampaignConfig, X_train: np.ndarray, results: Sequence[d
         return np.prod([clf.predict_proba(X) for clf in classifiers], axis=0)
 
     return probability
+
+
+def objective_matrix(config: CampaignConfig, y: np.ndarray, results: Sequence[dict | None]):
+    """Every objective's values, array (n, 1 + len(config.objectives)); NaN where unreported."""
+    columns = [np.asarray(y, dtype=float)]
+    for o in config.objectives:
+        columns.append(np.array([result_value(r, o.property) for r in results], dtype=float))
+    return np.column_stack(columns)
+
+
+def maximize_flags(config: CampaignConfig) -> tuple[bool, ...]:
+    return tuple(o.is_maximized() for o in [config.objective, *config.objectives])
+
+
+def select_pareto(
+    config: CampaignConfig,
+    round: int,
+    X_pool: np.ndarray,
+    X_train: np.ndarray,
+    Y_train: np.ndarray,
+    n: int,
+    model,
+) -> Selection:
+    """Pick ``n`` rows by qLogNEHVI over all objectives (rows of Y_train : (n_train, m)
+    with a missing value are left out of the fit). ``model`` is the primary objective's
+    surrogate; one more is fitted per further objective."""
+    seed = int(round_rng(config.seed, round, SELECT).integers(2**31))
+    keep = np.isfinite(Y_train).all(axis=1)
+    X, Y = X_train[keep], Y_train[keep]
+    s = strategy(config)
+    surrogates = [s.fit(X, Y[:, 0], seed)] + [s.fit(X, Y[:, j], seed) for j in range(1, Y.shape[1])]
+    idx, acq = select_pareto_batch(
+        surrogates, X_pool, Y, X, min(n, len(X_pool)), maximize=maximize_flags(config), seed=seed,
+    )
+    mean, std = model.predict(X_pool[idx], return_std=True)
+    return Selection(np.asarray(idx), mean, std, np.asarray(acq),
+                     f"{config.surrogate.kind}-nehvi-n{len(Y)}")
+
+
+def pareto_summary(config: CampaignConfig, evaluations: Sequence[Evaluation]) -> dict | None:
+    """The Pareto front of the accepted results and its hypervolume, or None if single-objective."""
+    if not config.objectives:
+        return None
+    Y = objective_matrix(config, [e.objective for e in evaluations],
+                         [e.result for e in evaluations])
+    keep = np.isfinite(Y).all(axis=1)
+    if keep.sum() < 2:
+        return None
+    done = [e for e, k in zip(evaluations, keep) if k]
+    Y = Y[keep]
+    flags = maximize_flags(config)
+    front = pareto_mask(Y, flags)
+    names = [o.property for o in [config.objective, *config.objectives]]
+    ref = default_ref_point(Y, flags)
+    return {
+        "front": [{"evaluation": e.id, "formula": e.formula, **dict(zip(names, map(float, y)))}
+                  for e, y, f in zip(done, Y, front) if f],
+        "reference_point": [float(r) for r in ref],
+        "hypervolume": float(hypervolume(Y, ref, flags)),
+    }
 
 
 def model_version(config: CampaignConfig, n_train: int) -> str:

@@ -170,6 +170,10 @@ class CampaignConfig(_Section):
     elements: list[str] = Field(min_length=1)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    objectives: list[ObjectiveSettings] = Field(
+        default_factory=list,
+        description="further objectives optimized jointly with 'objective' (qLogNEHVI)",
+    )
     constraints: list[ConstraintSettings] = Field(default_factory=list)
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
     acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
@@ -195,6 +199,11 @@ class CampaignConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignConfig:
+        names = [o.property for o in [self.objective, *self.objectives]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: a property is listed twice ({', '.join(names)})")
+        if self.objectives and self.acquisition.kind != "random" and self.surrogate.kind == "auto":
+            raise ValueError("surrogate.kind: 'auto' is single-objective; pick one kind")
         if self.generator.inverse_design > self.generator.pool_size:
             raise ValueError(
                 f"generator.inverse_design: {self.generator.inverse_design} is larger than "

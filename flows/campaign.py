@@ -57,6 +57,10 @@ def metrics_task(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> dict[s
 
 @task(**TASK)
 def select_task(config, round, X_pool, X_train, y_train, n, model, results) -> engine.Selection:
+    if model is not None and config.objectives:
+        Y_train = engine.objective_matrix(config, y_train, results)
+        if np.isfinite(Y_train).all(axis=1).sum() >= engine.MIN_TRAINING:
+            return engine.select_pareto(config, round, X_pool, X_train, Y_train, n, model)
     constraint = engine.feasibility(config, X_train, results) if model is not None else None
     return engine.select(config, round, X_pool, X_train, y_train, n, model, constraint)
 
@@ -323,6 +327,7 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
             round,
             {"evaluated": len(work), "flagged": flagged, "best": best,
              "surrogate": config.surrogate.kind, "surrogate_metrics": metrics,
+             "pareto": engine.pareto_summary(config, training),
              "seconds": time.perf_counter() - started},
         )
         logger.info(

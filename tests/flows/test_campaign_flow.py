@@ -118,3 +118,27 @@ def test_cli_exit_code_from_a_shell(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "field 'elements': 'Unobtainium' is not a chemical element symbol" in out.stderr
+
+
+def test_two_objective_campaign_picks_by_hypervolume_and_stores_the_front(prefect_server, tmp_path):
+    """Low formation energy and high density compete (Au is dense, Cu-Au mixes)."""
+    path = tmp_path / "pareto.yaml"
+    path.write_text(yaml.safe_dump({
+        **CAMPAIGN, "name": "pareto",
+        "objectives": [{"property": "density", "direction": "maximize"}],
+        "budget": 12,
+    }))
+    config = load_config(path)
+    summary = campaign_flow(config)
+    assert summary["evaluations"] == 12
+    store = CampaignStore(config.store)
+    cid = store.campaign_id("pareto")
+    later = [e for e in store.evaluations(cid) if e.round >= 1]
+    assert later and all(e.model_version.startswith("gp-nehvi-n") for e in later)
+    pareto = store.rounds(cid)[-1]["info"]["pareto"]
+    assert pareto["hypervolume"] > 0 and len(pareto["front"]) >= 2
+    front = pareto["front"]
+    # on the front, more density is paid for with formation energy (or they would not be a front)
+    front.sort(key=lambda p: p["density"])
+    energies = [p["formation_energy_per_atom"] for p in front]
+    assert all(a >= b for a, b in zip(energies[1:], energies)) or len(front) == 1
