@@ -12,13 +12,13 @@ import numpy as np
 
 from matforge.engine.config import CampaignConfig
 from matforge.engine.featurize import MaterialFeaturizer
+from matforge.engine.forest import FeasibilityClassifier
 from matforge.engine.generate import (
     Candidate,
     DecorationGenerator,
     MutationGenerator,
     propose_candidates,
 )
-from matforge.engine.forest import FeasibilityClassifier
 from matforge.engine.inverse import composition_candidates, optimize_composition, supported_totals
 from matforge.engine.metrics import uncertainty_metrics
 from matforge.engine.multiobjective import (
@@ -28,10 +28,8 @@ from matforge.engine.multiobjective import (
     select_pareto_batch,
 )
 from matforge.engine.store import Evaluation
-from matforge.engine.strategy import MIN_TRAINING, Selection, Strategy
+from matforge.engine.strategy import MIN_TRAINING, Selection, Strategy  # noqa: F401 (re-exported)
 from matforge.engine.surrogate import GPSurrogate
-
-__all__ = ["MIN_TRAINING", "Selection", "propose", "featurize", "fit_surrogate", "select"]
 
 PROPOSE, SELECT, INVERSE = 0, 1, 2
 
@@ -225,7 +223,7 @@ def select_pareto(
     keep = np.isfinite(Y_train).all(axis=1)
     X, Y = X_train[keep], Y_train[keep]
     s = strategy(config)
-    surrogates = [s.fit(X, Y[:, 0], seed)] + [s.fit(X, Y[:, j], seed) for j in range(1, Y.shape[1])]
+    surrogates = [s.fit(X, Y[:, j], seed) for j in range(Y.shape[1])]
     idx, acq = select_pareto_batch(
         surrogates, X_pool, Y, X, min(n, len(X_pool)), maximize=maximize_flags(config), seed=seed,
     )

@@ -16,8 +16,9 @@ from matforge.engine.acquisition import ACQUISITIONS, diverse_random_batch, sele
 from matforge.engine.model_selection import make_surrogate
 from matforge.engine.surrogate import GPSurrogate
 
-MIN_TRAINING = 3
-"""Fewest results before the surrogate takes over from spread-out random picks."""
+MIN_TRAINING = 2
+"""Fewest results before the surrogate takes over from spread-out random picks (a GP
+needs two; the pool protocol of Liang et al. 2021 starts the model from two rows)."""
 
 DEFAULT_SURROGATE = "gp"
 DEFAULT_ACQUISITION = "pucb"
