@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 
 import pytest
 
@@ -43,3 +44,44 @@ def prefect_server(tmp_path_factory):
     if proc is not None:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+POSTGRES = os.environ.get(
+    "MATFORGE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+"""The PostgreSQL server the store tests use (this machine's, trust auth, database test)."""
+
+
+def _postgres_answers() -> bool:
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def pg_url():
+    """A URL to a fresh PostgreSQL schema of its own, dropped afterwards.
+
+    Skips the test only when no server answers at :data:`POSTGRES`.
+    """
+    from sqlalchemy import create_engine, text
+
+    if not _postgres_answers():
+        pytest.skip(f"no PostgreSQL server answers at {POSTGRES}")
+    schema = f"mf_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

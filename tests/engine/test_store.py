@@ -4,11 +4,9 @@ migrations from older schemas, secrets, concurrent writers."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -36,40 +34,12 @@ from matforge.engine.store import (
     utcnow,
 )
 
-POSTGRES = os.environ.get(
-    "MATFORGE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
-
-
-def _postgres_answers() -> bool:
-    try:
-        engine = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
     """A fresh, empty database URL: a SQLite file, or a schema of its own on PostgreSQL."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    if not _postgres_answers():
-        pytest.skip(f"no PostgreSQL server answers at {POSTGRES}")
-    schema = f"mf_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

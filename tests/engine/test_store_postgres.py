@@ -2,56 +2,22 @@
 opens of an old store, and a whole campaign flow.
 
 Each test gets a schema of its own, dropped afterwards. The tests are skipped only
-when no server answers at :data:`POSTGRES`.
+when no server answers at ``tests/conftest.py``'s ``POSTGRES``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from matforge.engine.store import SCHEMA_VERSION, CampaignStore
 
 pytestmark = pytest.mark.postgres
-
-POSTGRES = os.environ.get(
-    "MATFORGE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
-
-
-def _postgres_answers() -> bool:
-    try:
-        engine = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
-@pytest.fixture
-def pg_url():
-    if not _postgres_answers():
-        pytest.skip(f"no PostgreSQL server answers at {POSTGRES}")
-    schema = f"mf_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
 
 WRITER = """
 import json, sys, time, random
