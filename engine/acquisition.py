@@ -276,6 +276,19 @@ def _botorch_batch(
     return candidates, values.reshape(-1)
 
 
+def rows_not_pending(X_pool: np.ndarray, pending: np.ndarray | None) -> np.ndarray:
+    """Indices of the rows of X_pool : (n, d) equal to no row of pending : (k, d).
+
+    Raises ValueError when every row is pending.
+    """
+    available = np.ones(len(X_pool), dtype=bool)
+    if pending is not None and len(pending):
+        available &= ~(X_pool[:, None, :] == pending[None, :, :]).all(axis=-1).any(axis=1)
+    if not available.any():
+        raise ValueError("every row of X_pool is pending; nothing left to pick")
+    return np.flatnonzero(available)
+
+
 def _rows_to_indices(candidates: Tensor, choices: Tensor) -> list[int]:
     """Positions in ``choices`` of the picked rows, each position used once."""
     indices: list[int] = []
@@ -383,16 +396,12 @@ def select_batch(
     X_pool = _as_2d("X_pool", X_pool)
     if len(X_pool) == 0:
         raise ValueError("X_pool is empty")
-    available = np.ones(len(X_pool), dtype=bool)
     pending_t = None
     if pending is not None:
         pending = _as_2d("pending", pending, X_pool.shape[1])
         if len(pending):
-            available &= ~(X_pool[:, None, :] == pending[None, :, :]).all(axis=-1).any(axis=1)
             pending_t = as_tensor(pending)
-    if not available.any():
-        raise ValueError("every row of X_pool is pending; nothing left to pick")
-    rows = np.flatnonzero(available)
+    rows = rows_not_pending(X_pool, pending)
     choices = as_tensor(X_pool[rows])
     q = min(int(batch_size), len(rows))
     sign = 1.0 if maximize else -1.0

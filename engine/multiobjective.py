@@ -20,7 +20,7 @@ from botorch.utils.multi_objective.box_decompositions.dominated import Dominated
 from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
 
-from matforge.engine.acquisition import _rows_to_indices, to_model_scale
+from matforge.engine.acquisition import _rows_to_indices, rows_not_pending, to_model_scale
 from matforge.engine.surrogate import DTYPE, as_tensor
 
 
@@ -241,13 +241,8 @@ def select_pareto_batch(
     signs = _signs(maximize, Y.shape[1])
     model = _joint_model(surrogates, Y.shape[1])
     ref = _check_ref_point(ref_point, Y, maximize)
-    available = np.ones(len(X_pool), dtype=bool)
     pending = _check_pending(pending, X_pool.shape[1])
-    if pending is not None:
-        available &= ~(X_pool[:, None, :] == pending[None, :, :]).all(axis=-1).any(axis=1)
-    rows = np.flatnonzero(available)
-    if len(rows) == 0:
-        raise ValueError("every row of X_pool is pending; nothing left to pick")
+    rows = rows_not_pending(X_pool, pending)
     choices = as_tensor(X_pool[rows])
     with torch.random.fork_rng():
         if seed is not None:
