@@ -259,6 +259,16 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
     if round < len(rounds):
         logger.info("resuming unfinished round %d", round)
     model = None
+    features: tuple[list[int], np.ndarray] = ([], np.empty((0, 0)))
+
+    def training_features(training: list[Evaluation]) -> np.ndarray:
+        # the end of a round and the start of the next see the same training set
+        nonlocal features
+        ids = [e.id for e in training]
+        if ids != features[0]:
+            structures = [e.input_structure() for e in training]
+            features = (ids, featurize_task(config.elements, structures))
+        return features[1]
     while True:
         claimed = store.count(campaign_id, statuses=STATUSES)
         running = store.evaluations(campaign_id, statuses=("running",))
@@ -274,7 +284,7 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
         started = time.perf_counter()
         training = _training(store, campaign_id, round, maximize)
         y_train = np.array([e.objective for e in training])
-        X_train = featurize_task(config.elements, [e.input_structure() for e in training])
+        X_train = training_features(training)
         if model is None and len(training) >= engine.MIN_TRAINING and config.acquisition.kind != "random":
             model = retrain_task(config, X_train, y_train)
 
@@ -316,7 +326,7 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
         training = _training(store, campaign_id, round + 1, maximize)
         metrics = None
         if len(training) >= engine.MIN_TRAINING and config.acquisition.kind != "random":
-            X_train = featurize_task(config.elements, [e.input_structure() for e in training])
+            X_train = training_features(training)
             y_train = np.array([e.objective for e in training])
             model = retrain_task(config, X_train, y_train)
             # held-out quality of the model that will pick the next round
