@@ -23,10 +23,12 @@ from torch import Tensor
 
 from matforge.engine.surrogate import DTYPE, as_tensor
 
-ACQUISITIONS = ("pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
+ACQUISITIONS = ("ptop", "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
 """Acquisition kinds :func:`select_batch` knows."""
 
 _LOG_KINDS = ("qlogei", "qlognei")
+TOP_SHARE = 0.05
+"""Default share of candidates that ``ptop`` counts as the top (a discovery campaign's goal)."""
 _MIN_PROBABILITY = 1e-300
 """Floor on a feasibility probability before its log: P = 0 scores far below any real log-EI."""
 
@@ -222,6 +224,62 @@ def _condition_on_mean(model, X: Tensor):
             return model
 
 
+def top_threshold(
+    mean: np.ndarray,
+    std: np.ndarray,
+    observed: np.ndarray,
+    count: float,
+    weights: np.ndarray | None = None,
+    observed_weights: np.ndarray | None = None,
+) -> float:
+    """The value tau above which ``count`` rows are expected, among the candidates and the results.
+
+    Candidates contribute P(y > tau) = Φ((mean - tau) / std) each, results 1 if
+    they lie above tau, each times its weight (e.g. its probability of being
+    feasible; default 1); the sum falls monotonically in tau, so tau is its root.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    mean, std = np.asarray(mean, float), np.maximum(np.asarray(std, float), 1e-12)
+    observed = np.asarray(observed, float)
+    w = np.ones_like(mean) if weights is None else np.asarray(weights, float)
+    w_obs = np.ones_like(observed) if observed_weights is None else np.asarray(observed_weights, float)
+
+    def excess(tau):
+        return (w * norm.sf((tau - mean) / std)).sum() + w_obs[observed > tau].sum() - count
+
+    values = np.concatenate([mean - 12 * std, mean + 12 * std, observed])
+    lo, hi = values.min() - 1.0, values.max() + 1.0
+    if excess(lo) <= 0:  # asked for (nearly) every row
+        return lo
+    return brentq(excess, lo, hi, xtol=1e-9)
+
+
+def _log_probability_of_top(conditioned, choices, extra, observed, share, sign, p=None, p_observed=None):
+    """log P(a new measurement at each choice lands in the top ``share`` of all rows).
+
+    The rows are the choices, ``extra`` (pending evaluations, or None) and the
+    ``observed`` objective values (already signed, in the model's scale). With
+    feasibility probabilities ``p`` (choices and extra) and ``p_observed``, the
+    top is the top of the rows more likely feasible than not; the caller
+    multiplies by P(feasible). (Counting every row by its probability instead
+    lets a soft classifier's long tail of unlikely but excellent rows fill the
+    top, and the picks drift into the infeasible region.)
+    """
+    from scipy.stats import norm
+
+    rows = choices if extra is None else torch.cat([choices, extra])
+    mean, std = _predictive(conditioned, rows)
+    mean, std = (sign * mean).numpy(), std.clamp_min(1e-12).numpy()
+    w = None if p is None else (p.numpy() >= 0.5).astype(float)
+    w_obs = None if p_observed is None else (np.asarray(p_observed, float) >= 0.5).astype(float)
+    total = (len(rows) if w is None else w.sum()) + (len(observed) if w_obs is None else w_obs.sum())
+    tau = top_threshold(mean, std, observed, share * total, w, w_obs)
+    # the log keeps far-off candidates ranked where P itself underflows to 0
+    return torch.as_tensor(norm.logsf((tau - mean) / std)[: len(choices)], dtype=choices.dtype)
+
+
 def _shift_and_weight(score: Tensor, p: Tensor | None) -> Tensor:
     if p is None:
         return score
@@ -311,6 +369,7 @@ def select_batch(
     pending: np.ndarray | None = None,
     beta: float = 2.0,
     constraint: Callable[[np.ndarray], np.ndarray] | float | None = None,
+    top_share: float = TOP_SHARE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Choose a batch of distinct rows from the pool.
 
@@ -320,12 +379,21 @@ def select_batch(
       (mapped to the model's scale by the surrogate's ``transform_targets``, if any).
     - ``"qlognei"``: ``qLogNoisyExpectedImprovement`` with ``X_train`` as baseline,
       for noisy observations (no trust placed in the best observed value).
+    - ``"ptop"``: probability that a new *measurement* lands in the top
+      ``top_share`` (default 5 %) of all rows: the candidates, the pending rows
+      and the results so far. The threshold is where the expected number of rows
+      above it is that share (:func:`top_threshold`), so it comes from the
+      model, not from one lucky result. This is the active-search goal of a
+      discovery campaign, finding many good materials rather than polishing one
+      (Garnett et al. 2012): it explores while nothing predicted clears the
+      threshold and re-measures candidates that confidently do. Batches
+      condition on each pick's mean before the next. matforge's default.
     - ``"pucb"``: upper confidence bound of a new *measurement*: posterior mean
       plus ``sqrt(beta)`` times the predictive standard deviation, learned noise
       included. With noisy, replicated data this keeps re-measuring promising
       candidates worth more than chasing the model's uncertainty alone. Batches
       hallucinate each pick's outcome at its mean before the next (GP-BUCB,
-      Desautels et al. 2014), so a batch spreads out. matforge's default.
+      Desautels et al. 2014), so a batch spreads out.
     - ``"ucb"``: ``qUpperConfidenceBound`` with ``beta``.
     - ``"thompson"``: ``batch_size`` joint posterior samples over the pool; slot k
       takes the best row of sample k not already picked.
@@ -375,6 +443,7 @@ def select_batch(
     X_train : array of shape (n_train, n_features), needed by ``qlognei``
     pending : array of shape (n_pending, n_features), rows still being evaluated
     beta : exploration weight of ``ucb`` and ``pucb``
+    top_share : share of all rows that ``ptop`` counts as the top, in (0, 1)
     constraint : callable giving P(feasible) per row, a bound on the model's second
         output, or None
 
@@ -392,6 +461,8 @@ def select_batch(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not beta >= 0:
         raise ValueError(f"beta must be non-negative, got {beta!r}")
+    if not 0 < top_share < 1:
+        raise ValueError(f"top_share must be in (0, 1), got {top_share!r}")
     model = _model_of(surrogate)
     X_pool = _as_2d("X_pool", X_pool)
     if len(X_pool) == 0:
@@ -436,6 +507,35 @@ def select_batch(
                     picked.append(best)
                     picked_values.append(score[best])
                 values = torch.stack(picked_values)
+            elif kind == "ptop":
+                objective = np.asarray(y_train, dtype=float)
+                objective = objective if objective.ndim == 1 else objective[:, 0]
+                finite = np.isfinite(objective)
+                observed = sign * to_model_scale(surrogate, objective[finite])
+                p_rows = p_observed = None
+                if feasibility is not None:
+                    p_rows = p if pending_t is None else torch.cat([p, feasibility(pending_t)])
+                    y_all = np.asarray(y_train, dtype=float)
+                    if y_all.ndim == 2 and y_all.shape[1] >= 2 and not callable(constraint):
+                        p_observed = (y_all[finite, 1] <= float(constraint)).astype(float)
+                    elif X_train is not None and len(X_train) == len(objective):
+                        p_observed = feasibility(as_tensor(np.asarray(X_train)[finite])).numpy()
+                conditioned = _condition_on_mean(model, pending_t) if pending_t is not None else model
+                taken = torch.zeros(len(choices), dtype=torch.bool)
+                for k in range(q):
+                    score = _log_probability_of_top(
+                        conditioned, choices, pending_t, observed, top_share, sign, p_rows, p_observed
+                    )
+                    if p is not None:
+                        score = score + p.clamp_min(_MIN_PROBABILITY).log()
+                    score = score.masked_fill(taken, -torch.inf)
+                    best = int(torch.argmax(score))
+                    taken[best] = True
+                    picked.append(best)
+                    picked_values.append(score[best])
+                    if k + 1 < q:
+                        conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
+                values = torch.stack(picked_values).exp()  # P(top), times P(feasible)
             elif kind == "pucb":
                 conditioned = _condition_on_mean(model, pending_t) if pending_t is not None else model
                 taken = torch.zeros(len(choices), dtype=torch.bool)

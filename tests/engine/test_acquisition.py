@@ -199,3 +199,46 @@ def test_pucb_trades_predicted_value_for_uncertainty_by_beta():
     assert len(set(batch.tolist())) == 4 and np.all(np.diff(values) <= 1e-9)
     # hallucinated outcomes spread the batch instead of stacking neighbours
     assert np.ptp(pool[batch, 0]) > 0.1
+
+
+def test_top_threshold_leaves_the_asked_share_above_it():
+    from scipy.stats import norm
+
+    from matforge.engine.acquisition import top_threshold
+
+    observed = np.arange(10.0)  # results only: tau sits between the 3rd and 4th best
+    assert 6.0 <= top_threshold(np.empty(0), np.empty(0), observed, 3) < 7.0
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=200), rng.uniform(0.1, 1.0, size=200)
+    tau = top_threshold(mean, std, observed, 12.5)
+    expected = norm.sf((tau - mean) / std).sum() + (observed > tau).sum()
+    assert expected == pytest.approx(12.5, abs=1e-6)
+
+
+def test_ptop_explores_until_something_clears_the_threshold_then_exploits():
+    from matforge.engine.surrogate import GPSurrogate
+
+    rng = np.random.default_rng(0)
+    X_train = np.linspace(0.0, 0.5, 26)[:, None]  # well known up to 0.5, nothing above
+    y_train = np.sin(6 * X_train[:, 0]) + 0.02 * rng.normal(size=26)
+    model = GPSurrogate(random_state=0).fit(X_train, y_train)
+    pool = np.linspace(0, 3, 301)[:, None]  # most candidates lie where nothing is known
+    best_known = pool[np.argmax(model.predict(pool[pool[:, 0] <= 0.5]))]
+    # the best half of all rows: the known peak clears that bar with confidence
+    (safe,), (p_safe,) = select_batch(model, pool, y_train, 1, kind="ptop", top_share=0.5)
+    assert abs(pool[safe, 0] - best_known[0]) < 0.06 and p_safe > 0.5
+    # the best 0.1 %: a bar far above the known peak, which only rows the model
+    # knows nothing about might clear
+    (bold,), (p_bold,) = select_batch(model, pool, y_train, 1, kind="ptop", top_share=0.001)
+    assert pool[bold, 0] > 0.7 and p_bold < 0.5
+    batch, values = select_batch(model, pool, y_train, 4, kind="ptop")
+    assert len(set(batch.tolist())) == 4 and np.all((values >= 0) & (values <= 1))
+    # minimizing ranks the mirror image: the trough, not the peak
+    (low,), _ = select_batch(model, pool, y_train, 1, kind="ptop", maximize=False, top_share=0.5)
+    assert model.predict(pool[low : low + 1])[0] < np.median(y_train)
+    # a constraint that forbids the right half keeps every pick on the left
+    left = lambda X: (X[:, 0] < 0.5).astype(float)  # noqa: E731
+    batch, _ = select_batch(model, pool, y_train, 3, kind="ptop", constraint=left)
+    assert np.all(pool[batch, 0] < 0.5)
+    with pytest.raises(ValueError, match="top_share"):
+        select_batch(model, pool, y_train, 1, kind="ptop", top_share=1.5)
