@@ -118,6 +118,7 @@ def strategy(config: CampaignConfig) -> Strategy:
         surrogate=config.surrogate.kind,
         acquisition=config.acquisition.kind,
         beta=config.acquisition.beta,
+        top_share=config.acquisition.top_share,
         surrogate_params=dict(config.surrogate.parameters),
     )
 

@@ -107,13 +107,17 @@ class SurrogateSettings(_Section):
 
 
 class AcquisitionSettings(_Section):
-    """How a batch is chosen: ``pucb`` (default), ``qlogei``, ``qlognei``, ``ucb``,
-    ``thompson``, ``greedy``, ``explore``, or ``random`` (the baseline)."""
+    """How a batch is chosen: ``ptop`` (default), ``pucb``, ``qlogei``, ``qlognei``,
+    ``ucb``, ``thompson``, ``greedy``, ``explore``, or ``random`` (the baseline)."""
 
     kind: Literal[
-        "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore", "random"
-    ] = "pucb"
+        "ptop", "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore", "random"
+    ] = "ptop"
     beta: float = Field(1.0, ge=0, le=100, description="exploration weight of ucb and pucb")
+    top_share: float = Field(
+        0.05, gt=0, lt=1,
+        description="share of all candidates ptop aims for: the best 5 % by default",
+    )
 
 
 class EvaluatorSettings(_Section):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from matforge.engine.campaign import strategy as campaign_strategy
 from matforge.engine.config import ConfigError, load_config, parse_config
 
 GOOD = {"name": "t", "elements": ["Cu", "Au"]}
@@ -44,8 +45,8 @@ def test_relative_store_and_workdir_resolve_beside_the_file(tmp_path):
 
 def test_surrogate_and_acquisition_choices():
     config = parse_config({"name": "c", "elements": ["Cu"]})
-    assert (config.surrogate.kind, config.acquisition.kind, config.acquisition.beta) == (
-        "gp", "pucb", 1.0,
+    assert (config.surrogate.kind, config.acquisition.kind, config.acquisition.top_share) == (
+        "gp", "ptop", 0.05,
     )
     config = parse_config({
         "name": "c", "elements": ["Cu"],
@@ -60,3 +61,8 @@ def test_surrogate_and_acquisition_choices():
         parse_config({"name": "c", "elements": ["Cu"], "acquisition": {"kind": "magic"}})
     with pytest.raises(ConfigError, match="field 'acquisition.beta'"):
         parse_config({"name": "c", "elements": ["Cu"], "acquisition": {"beta": -1}})
+    with pytest.raises(ConfigError, match="field 'acquisition.top_share'"):
+        parse_config({"name": "c", "elements": ["Cu"], "acquisition": {"top_share": 1.5}})
+    config = parse_config({"name": "c", "elements": ["Cu"],
+                           "acquisition": {"kind": "ptop", "top_share": 0.1}})
+    assert campaign_strategy(config).top_share == 0.1

@@ -28,7 +28,7 @@ def test_replays_campaigns_and_writes_the_picks(table, tmp_path, capsys):
                  "--strategy", "default", "--out", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["strategy"] == "default" and result["acquisition"] == "pucb"
+    assert result["strategy"] == "default" and result["acquisition"] == "ptop"
     assert result["direction"] == "minimize"
     assert len(result["picks"]) == 2
     for picks in result["picks"]:
