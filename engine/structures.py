@@ -21,6 +21,9 @@ from ase.data import atomic_numbers, reference_states
 from pymatgen.core import DummySpecies, Element, Species, Structure
 
 FINGERPRINT_CUTOFF = 2.0
+MAX_CELL_LENGTH = 1000.0
+"""Longest cell vector accepted (Å): far beyond any slab's vacuum, short of the
+lengths where the cell reduction behind periodic distances overflows."""
 """Neighbour shells kept in the fingerprint, in units of the mean atomic spacing (V/N)^(1/3)."""
 
 
@@ -59,9 +62,9 @@ def check_structure(structure: Structure, max_atoms: int = 500, min_distance: fl
     """Raise :class:`StructureError` if ``structure`` cannot be evaluated.
 
     Checks: a pymatgen ``Structure``, at least one site, at most ``max_atoms``,
-    ordered sites of known chemical elements, finite cell vectors and
-    coordinates, a cell with positive volume, no two atoms closer than
-    ``min_distance`` Å.
+    ordered sites of known chemical elements, finite cell vectors no longer
+    than ``MAX_CELL_LENGTH`` and finite coordinates, a cell with positive
+    volume, no two atoms closer than ``min_distance`` Å.
     """
     if not isinstance(structure, Structure):
         raise StructureError(f"expected a pymatgen Structure, got {type(structure).__name__}")
@@ -79,6 +82,11 @@ def check_structure(structure: Structure, max_atoms: int = 500, min_distance: fl
     matrix = structure.lattice.matrix
     if not np.isfinite(matrix).all():
         raise StructureError("cell vectors are not finite")
+    longest = float(np.linalg.norm(matrix, axis=1).max())
+    if longest > MAX_CELL_LENGTH:
+        raise StructureError(
+            f"a cell vector is {longest:.3g} Å long, longer than the limit of {MAX_CELL_LENGTH:g} Å"
+        )
     volume = float(np.linalg.det(matrix))
     if not volume > 1e-6:
         raise StructureError(f"cell volume is {volume:.3g} Å^3, not positive")

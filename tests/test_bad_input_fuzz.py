@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from matforge.adapters import AdapterError, load_evaluator
@@ -78,8 +78,18 @@ def bad_structure_dicts(draw):
     return kind, data
 
 
+def _huge_cell(axis_length):
+    lattice = {"matrix": [[1.0, 0.0, -1.0], [0.0, 0.0, axis_length], [0.0, 1.0, 0.0]]}
+    sites = [_site("Cu", [0, 0, 0]), _site("Cu", [0, 0, 0])]
+    return "random", {"@module": "pymatgen.core.structure", "@class": "Structure",
+                      "lattice": lattice, "sites": sites}
+
+
 @settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bad_structure_dicts())
+# cells so long that pymatgen's cell reduction overflowed instead of refusing them
+@example(_huge_cell(-1.8446744073709552e19))
+@example(_huge_cell(-1.3407807929942597e154))
 def test_bad_structures_are_refused_with_a_reason(case):
     kind, data = case
     try:
