@@ -195,19 +195,20 @@ def _best_observed(y_train, maximize: bool, constraint) -> float:
     return float(objective.max() if maximize else objective.min())
 
 
-def _posterior_objective(model, X: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and standard deviation of the model's first output at ``n x d`` X, each ``n``."""
-    with torch.no_grad():
-        post = model.posterior(X)
-        return post.mean[..., 0], post.variance[..., 0].clamp_min(0).sqrt()
+def _posterior_objective(model, X: Tensor, observation_noise: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of the model's first output at ``n x d`` X, each ``n``.
 
-
-def _predictive(model, X: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and standard deviation of a new measurement of the first output at X."""
+    ``observation_noise`` gives the spread of a new measurement (learned noise
+    included) where the model has a noise model, of the function elsewhere.
+    """
     with torch.no_grad():
-        try:
-            post = model.posterior(X, observation_noise=True)
-        except (NotImplementedError, TypeError):  # models without a noise model
+        post = None
+        if observation_noise:
+            try:
+                post = model.posterior(X, observation_noise=True)
+            except (NotImplementedError, TypeError):  # models without a noise model
+                pass
+        if post is None:
             post = model.posterior(X)
         return post.mean[..., 0], post.variance[..., 0].clamp_min(0).sqrt()
 
@@ -270,7 +271,7 @@ def _log_probability_of_top(conditioned, choices, extra, observed, share, sign, 
     from scipy.stats import norm
 
     rows = choices if extra is None else torch.cat([choices, extra])
-    mean, std = _predictive(conditioned, rows)
+    mean, std = _posterior_objective(conditioned, rows, observation_noise=True)
     mean, std = (sign * mean).numpy(), std.clamp_min(1e-12).numpy()
     w = None if p is None else (p.numpy() >= 0.5).astype(float)
     w_obs = None if p_observed is None else (np.asarray(p_observed, float) >= 0.5).astype(float)
@@ -278,6 +279,38 @@ def _log_probability_of_top(conditioned, choices, extra, observed, share, sign, 
     tau = top_threshold(mean, std, observed, share * total, w, w_obs)
     # the log keeps far-off candidates ranked where P itself underflows to 0
     return torch.as_tensor(norm.logsf((tau - mean) / std)[: len(choices)], dtype=choices.dtype)
+
+
+def _observed_feasibility(y_train, X_train, finite, constraint, feasibility) -> np.ndarray | None:
+    """P(feasible) of the results with a finite objective: known where y_train carries the
+    constrained output, the constraint's estimate at X_train otherwise (None without X_train)."""
+    y = np.asarray(y_train, dtype=float)
+    if y.ndim == 2 and y.shape[1] >= 2 and not callable(constraint):
+        return (y[finite, 1] <= float(constraint)).astype(float)
+    if X_train is not None and len(X_train) == len(y):
+        return feasibility(as_tensor(np.asarray(X_train)[finite])).numpy()
+    return None
+
+
+def _sequential_greedy(model, pending_t, choices: Tensor, q: int, score_of):
+    """Pick ``q`` rows of ``choices`` one at a time, each the best of ``score_of(model)``
+    among rows not yet taken, with the model conditioned on its own mean at the
+    pending rows and at every earlier pick (a "kriging believer"), so a batch spreads out.
+
+    Returns the picked positions and their scores (a tensor of shape (q,)).
+    """
+    conditioned = model if pending_t is None else _condition_on_mean(model, pending_t)
+    taken = torch.zeros(len(choices), dtype=torch.bool)
+    picked, values = [], []
+    for k in range(q):
+        score = score_of(conditioned).masked_fill(taken, -torch.inf)
+        best = int(torch.argmax(score))
+        taken[best] = True
+        picked.append(best)
+        values.append(score[best])
+        if k + 1 < q:
+            conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
+    return picked, torch.stack(values)
 
 
 def _shift_and_weight(score: Tensor, p: Tensor | None) -> Tensor:
@@ -490,7 +523,6 @@ def select_batch(
             values = values.detach()
         else:
             p = None if feasibility is None else feasibility(choices)
-            picked, picked_values = [], []
             if kind == "greedy":
                 mean, _ = _posterior_objective(model, choices)
                 score = _shift_and_weight(sign * mean, p)
@@ -499,6 +531,7 @@ def select_batch(
             elif kind == "thompson":
                 with torch.no_grad():
                     samples = model.posterior(choices).rsample(torch.Size([q]))[..., 0]
+                picked, picked_values = [], []
                 taken = torch.zeros(len(choices), dtype=torch.bool)
                 for sample in samples:
                     score = _shift_and_weight(sign * sample, p).masked_fill(taken, -torch.inf)
@@ -515,51 +548,30 @@ def select_batch(
                 p_rows = p_observed = None
                 if feasibility is not None:
                     p_rows = p if pending_t is None else torch.cat([p, feasibility(pending_t)])
-                    y_all = np.asarray(y_train, dtype=float)
-                    if y_all.ndim == 2 and y_all.shape[1] >= 2 and not callable(constraint):
-                        p_observed = (y_all[finite, 1] <= float(constraint)).astype(float)
-                    elif X_train is not None and len(X_train) == len(objective):
-                        p_observed = feasibility(as_tensor(np.asarray(X_train)[finite])).numpy()
-                conditioned = _condition_on_mean(model, pending_t) if pending_t is not None else model
-                taken = torch.zeros(len(choices), dtype=torch.bool)
-                for k in range(q):
-                    score = _log_probability_of_top(
+                    p_observed = _observed_feasibility(
+                        y_train, X_train, finite, constraint, feasibility
+                    )
+                log_p = 0.0 if p is None else p.clamp_min(_MIN_PROBABILITY).log()
+
+                def score_of(conditioned):
+                    return log_p + _log_probability_of_top(
                         conditioned, choices, pending_t, observed, top_share, sign, p_rows, p_observed
                     )
-                    if p is not None:
-                        score = score + p.clamp_min(_MIN_PROBABILITY).log()
-                    score = score.masked_fill(taken, -torch.inf)
-                    best = int(torch.argmax(score))
-                    taken[best] = True
-                    picked.append(best)
-                    picked_values.append(score[best])
-                    if k + 1 < q:
-                        conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
-                values = torch.stack(picked_values).exp()  # P(top), times P(feasible)
+
+                picked, values = _sequential_greedy(model, pending_t, choices, q, score_of)
+                values = values.exp()  # P(top), times P(feasible)
             elif kind == "pucb":
-                conditioned = _condition_on_mean(model, pending_t) if pending_t is not None else model
-                taken = torch.zeros(len(choices), dtype=torch.bool)
-                for k in range(q):
-                    mean, std = _predictive(conditioned, choices)
-                    score = _shift_and_weight(sign * mean + beta**0.5 * std, p)
-                    score = score.masked_fill(taken, -torch.inf)
-                    best = int(torch.argmax(score))
-                    taken[best] = True
-                    picked.append(best)
-                    picked_values.append(score[best])
-                    if k + 1 < q:
-                        conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
-                values = torch.stack(picked_values)
+
+                def score_of(conditioned):
+                    mean, std = _posterior_objective(conditioned, choices, observation_noise=True)
+                    return _shift_and_weight(sign * mean + beta**0.5 * std, p)
+
+                picked, values = _sequential_greedy(model, pending_t, choices, q, score_of)
             else:
-                conditioned = model if pending_t is None else _condition_on_mean(model, pending_t)
-                taken = torch.zeros(len(choices), dtype=torch.bool)
-                for _ in range(q):
+
+                def score_of(conditioned):
                     _, std = _posterior_objective(conditioned, choices)
-                    score = (std if p is None else std * p).masked_fill(taken, -torch.inf)
-                    best = int(torch.argmax(score))
-                    taken[best] = True
-                    picked.append(best)
-                    picked_values.append(score[best])
-                    conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
-                values = torch.stack(picked_values)
+                    return std if p is None else std * p
+
+                picked, values = _sequential_greedy(model, pending_t, choices, q, score_of)
     return rows[np.asarray(picked, dtype=int)], values.numpy().astype(float)
