@@ -21,7 +21,7 @@ from botorch.acquisition.objective import GenericMCObjective
 from botorch.optim import optimize_acqf_discrete
 from torch import Tensor
 
-from matforge.engine.surrogate import DTYPE, as_tensor
+from matforge.engine.surrogate import DTYPE, HyperparameterMixture, as_tensor
 
 ACQUISITIONS = ("ptop", "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
 """Acquisition kinds :func:`select_batch` knows."""
@@ -199,8 +199,11 @@ def _posterior_objective(model, X: Tensor, observation_noise: bool = False) -> t
     """Mean and standard deviation of the model's first output at ``n x d`` X, each ``n``.
 
     ``observation_noise`` gives the spread of a new measurement (learned noise
-    included) where the model has a noise model, of the function elsewhere.
+    included) where the model has a noise model, of the function elsewhere. A
+    :class:`HyperparameterMixture` gives each component's, each ``S x n``.
     """
+    if isinstance(model, HyperparameterMixture):
+        return model.moments(X, observation_noise)
     with torch.no_grad():
         post = None
         if observation_noise:
@@ -216,8 +219,11 @@ def _posterior_objective(model, X: Tensor, observation_noise: bool = False) -> t
 def _condition_on_mean(model, X: Tensor):
     """The model conditioned on observing its own posterior mean at X (a "kriging believer").
 
+    A :class:`HyperparameterMixture` conditions each component on its own mean.
     Models that cannot be conditioned (ensembles, forests) are returned as they are.
     """
+    if isinstance(model, HyperparameterMixture):
+        return model.condition_on_mean(X)
     with torch.no_grad():
         try:
             return model.condition_on_observations(X, model.posterior(X).mean)
@@ -238,19 +244,21 @@ def top_threshold(
     Candidates contribute P(y > tau) = Φ((mean - tau) / std) each, results 1 if
     they lie above tau, each times its weight (e.g. its probability of being
     feasible; default 1); the sum falls monotonically in tau, so tau is its root.
+    ``mean`` and ``std`` have shape (n,), or (S, n) for candidates whose
+    prediction is an equal mixture of S normals.
     """
     from scipy.optimize import brentq
     from scipy.stats import norm
 
-    mean, std = np.asarray(mean, float), np.maximum(np.asarray(std, float), 1e-12)
+    mean, std = np.atleast_2d(mean).astype(float), np.maximum(np.atleast_2d(std).astype(float), 1e-12)
     observed = np.asarray(observed, float)
-    w = np.ones_like(mean) if weights is None else np.asarray(weights, float)
+    w = np.ones(mean.shape[-1]) if weights is None else np.asarray(weights, float)
     w_obs = np.ones_like(observed) if observed_weights is None else np.asarray(observed_weights, float)
 
     def excess(tau):
-        return (w * norm.sf((tau - mean) / std)).sum() + w_obs[observed > tau].sum() - count
+        return (w * norm.sf((tau - mean) / std).mean(0)).sum() + w_obs[observed > tau].sum() - count
 
-    values = np.concatenate([mean - 12 * std, mean + 12 * std, observed])
+    values = np.concatenate([(mean - 12 * std).ravel(), (mean + 12 * std).ravel(), observed])
     lo, hi = values.min() - 1.0, values.max() + 1.0
     if excess(lo) <= 0:  # asked for (nearly) every row
         return lo
@@ -268,17 +276,20 @@ def _log_probability_of_top(conditioned, choices, extra, observed, share, sign, 
     lets a soft classifier's long tail of unlikely but excellent rows fill the
     top, and the picks drift into the infeasible region.)
     """
+    from scipy.special import logsumexp
     from scipy.stats import norm
 
     rows = choices if extra is None else torch.cat([choices, extra])
     mean, std = _posterior_objective(conditioned, rows, observation_noise=True)
-    mean, std = (sign * mean).numpy(), std.clamp_min(1e-12).numpy()
+    mean, std = np.atleast_2d((sign * mean).numpy()), np.atleast_2d(std.clamp_min(1e-12).numpy())
     w = None if p is None else (p.numpy() >= 0.5).astype(float)
     w_obs = None if p_observed is None else (np.asarray(p_observed, float) >= 0.5).astype(float)
     total = (len(rows) if w is None else w.sum()) + (len(observed) if w_obs is None else w_obs.sum())
     tau = top_threshold(mean, std, observed, share * total, w, w_obs)
-    # the log keeps far-off candidates ranked where P itself underflows to 0
-    return torch.as_tensor(norm.logsf((tau - mean) / std)[: len(choices)], dtype=choices.dtype)
+    # the log keeps far-off candidates ranked where P itself underflows to 0; a
+    # mixture's P is the mean of its components'
+    log_p = logsumexp(norm.logsf((tau - mean) / std), axis=0) - np.log(len(mean))
+    return torch.as_tensor(log_p[: len(choices)], dtype=choices.dtype)
 
 
 def _observed_feasibility(y_train, X_train, finite, constraint, feasibility) -> np.ndarray | None:
@@ -558,7 +569,9 @@ def select_batch(
                         conditioned, choices, pending_t, observed, top_share, sign, p_rows, p_observed
                     )
 
-                picked, values = _sequential_greedy(model, pending_t, choices, q, score_of)
+                # a GP's hyperparameter mixture where it has one, else its model
+                source = getattr(surrogate, "mixture_", None) or model
+                picked, values = _sequential_greedy(source, pending_t, choices, q, score_of)
                 values = values.exp()  # P(top), times P(feasible)
             elif kind == "pucb":
 

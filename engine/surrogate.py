@@ -20,13 +20,22 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
-from gpytorch.kernels import InducingPointKernel
+from gpytorch.kernels import InducingPointKernel, MaternKernel, RBFKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from matforge.engine.transforms import Y_TRANSFORMS
 
 DTYPE = torch.float64
+
+HYPERPARAMETER_SAMPLES = 16
+"""Hyperparameter samples a GP averages its predictions over (0: the MAP fit alone)."""
+SAMPLE_MAX = 500
+"""Largest training set whose hyperparameters are sampled; above it the data pin them
+down and the MAP fit alone is used (the sampler's cost grows as n^3 per step)."""
+_SAMPLER_STEPS = 30
+_SAMPLER_STEP = 0.25
+"""Random-walk Metropolis: steps per chain and proposal width in log-hyperparameter units."""
 
 
 def as_tensor(X: np.ndarray) -> torch.Tensor:
@@ -45,6 +54,16 @@ class GPSurrogate:
     ``n_inducing`` inducing points (a random subset of the inputs) replaces the exact one, so a fit costs
     O(n m^2) instead of O(n^3).
 
+    With few data the hyperparameters are poorly determined, and one MAP fit picks
+    one guess: BO then trusts length scales it cannot know. So up to
+    ``sample_max`` training points the GP also draws ``hyperparameter_samples``
+    hyperparameter sets from their posterior (same priors, random-walk Metropolis
+    chains started at the MAP fit) and predicts with the equal mixture of the
+    GPs they define (``mixture_``, a :class:`HyperparameterMixture`): a cheap
+    fully Bayesian GP. ``predict`` and ``predict_interval`` report the mixture;
+    the ``ptop`` acquisition scores it; ``model_`` stays the MAP fit, which the
+    BoTorch acquisitions use.
+
     Parameters
     ----------
     kernel : "matern" (Matérn-5/2) or "rbf"
@@ -53,6 +72,8 @@ class GPSurrogate:
         "none" fits them as they are
     exact_max : largest training set fitted by an exact GP
     n_inducing : inducing points of the sparse GP
+    hyperparameter_samples : hyperparameter sets averaged over (0: MAP only)
+    sample_max : largest training set whose hyperparameters are sampled
     warm_start : start the hyperparameter search from the previous fit's values
         when refitting on data with the same columns (faster sequential refits)
     random_state : seed of the optimizer's restarts and the inducing points
@@ -65,6 +86,8 @@ class GPSurrogate:
         exact_max: int = 3000,
         n_inducing: int = 256,
         warm_start: bool = False,
+        hyperparameter_samples: int = HYPERPARAMETER_SAMPLES,
+        sample_max: int = SAMPLE_MAX,
         random_state: int | None = None,
     ):
         self.kernel = kernel
@@ -72,6 +95,8 @@ class GPSurrogate:
         self.exact_max = exact_max
         self.n_inducing = n_inducing
         self.warm_start = warm_start
+        self.hyperparameter_samples = hyperparameter_samples
+        self.sample_max = sample_max
         self.random_state = random_state
 
     def fit(self, X: np.ndarray, y: np.ndarray, bounds: np.ndarray | None = None) -> GPSurrogate:
@@ -91,6 +116,13 @@ class GPSurrogate:
             )
         if X.ndim != 2 or len(X) != len(y):
             raise ValueError(f"X has shape {X.shape} but y has {len(y)} values")
+        if isinstance(self.hyperparameter_samples, bool) or not (
+            int(self.hyperparameter_samples) == self.hyperparameter_samples
+            and self.hyperparameter_samples >= 0
+        ):
+            raise ValueError(
+                f"hyperparameter_samples must be a non-negative integer, got {self.hyperparameter_samples!r}"
+            )
         if len(y) < 2:
             raise ValueError(f"a GP needs at least 2 training points, got {len(y)}")
         if not (np.isfinite(X).all() and np.isfinite(y).all()):
@@ -144,6 +176,12 @@ class GPSurrogate:
             fit_gpytorch_mll(mll)
         model.eval()
         self.model_ = model
+        self.mixture_ = None
+        if self.hyperparameter_samples and len(y) <= min(self.sample_max, self.exact_max):
+            self.mixture_ = HyperparameterMixture.sample(
+                model, train_X, self.kernel, int(self.hyperparameter_samples),
+                seed=0 if self.random_state is None else self.random_state,
+            )
         self.keep_ = keep
         self.n_features_in_ = X.shape[1]
         return self
@@ -179,19 +217,182 @@ class GPSurrogate:
 
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level}")
+        if self.mixture_ is not None:
+            self._check_X(X)
+            mean, std = (t.numpy() for t in self.mixture_.moments(as_tensor(X), observation_noise))
+            lower = mixture_quantile(mean, std, 0.5 - level / 2)
+            upper = mixture_quantile(mean, std, 0.5 + level / 2)
+            return self.y_transform_.inverse(lower), self.y_transform_.inverse(upper)
         mean, std = self.predict_latent(X, observation_noise)
         half = norm.ppf(0.5 + level / 2) * std
         return self.y_transform_.inverse(mean - half), self.y_transform_.inverse(mean + half)
 
     def predict_latent(self, X: np.ndarray, observation_noise: bool = False):
-        """Mean and std in the transformed target scale, arrays of shape (n,)."""
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
+        """Mean and std in the transformed target scale, arrays of shape (n,).
+
+        For a hyperparameter mixture, the mixture's mean and standard deviation.
+        """
+        self._check_X(X)
+        if self.mixture_ is not None:
+            mean, std = self.mixture_.moments(as_tensor(X), observation_noise)
+            mixed = mean.mean(0)
+            var = (std**2 + mean**2).mean(0) - mixed**2
+            return mixed.numpy(), var.clamp_min(0).sqrt().numpy()
         with torch.no_grad():
             post = self.model_.posterior(as_tensor(X), observation_noise=observation_noise)
             mean = post.mean.squeeze(-1).numpy()
             std = post.variance.clamp_min(0).sqrt().squeeze(-1).numpy()
         return mean, std
+
+    def _check_X(self, X: np.ndarray) -> None:
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
+
+
+def mixture_quantile(mean: np.ndarray, std: np.ndarray, q: float) -> np.ndarray:
+    """The q-quantile of equal mixtures of normals, by bisection.
+
+    ``mean`` and ``std`` have shape (n_components, n); returns shape (n,).
+    """
+    from scipy.stats import norm
+
+    lo = (mean - 10 * std).min(axis=0)
+    hi = (mean + 10 * std).max(axis=0)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        below = norm.cdf((mid - mean) / np.maximum(std, 1e-300)).mean(axis=0) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+class HyperparameterMixture:
+    """Equal mixture of exact GPs that share data but not hyperparameters.
+
+    Built by :meth:`sample` from a fitted exact ``SingleTaskGP`` (its input and
+    outcome transforms, kernel kind and priors). Component k has length scales
+    ``lengthscale[k]``, noise ``noise[k]`` and constant mean ``constant[k]``, all
+    in the model's standardized scale; ``moments`` reports each component's
+    posterior in the scale the MAP model predicts. Training targets may differ
+    per component (``targets`` : (S, n)), which is how :meth:`condition_on_mean`
+    lets each component believe its own prediction.
+    """
+
+    def __init__(self, input_transform, shift, scale, inputs, targets, kernel, lengthscale, noise,
+                 constant):
+        self._input_transform, self._shift, self._scale = input_transform, shift, scale
+        self.inputs, self.targets = inputs, targets
+        self.kernel, self.lengthscale, self.noise, self.constant = kernel, lengthscale, noise, constant
+        self._kernel_module = _batched_kernel(kernel, lengthscale)
+        n = len(inputs)
+        with torch.no_grad():
+            K = self._kernel_module(inputs, inputs).to_dense()
+            K = K + noise[:, None, None] * torch.eye(n, dtype=DTYPE)
+            self._cholesky = torch.linalg.cholesky(K + 1e-8 * torch.eye(n, dtype=DTYPE))
+            residual = (targets - constant[:, None]).unsqueeze(-1)
+            self._alpha = torch.cholesky_solve(residual, self._cholesky)
+
+    @property
+    def n_components(self) -> int:
+        return len(self.noise)
+
+    @classmethod
+    def sample(cls, model, train_X: torch.Tensor, kernel: str, n_samples: int, seed: int = 0):
+        """Hyperparameter samples of an exact ``SingleTaskGP`` fitted by MAP.
+
+        ``n_samples`` random-walk Metropolis chains on (log length scales, log
+        noise, constant mean), started at the MAP values, target the posterior
+        under the model's own priors (the marginal likelihood times the length
+        scale and noise priors); each chain's last state is one component.
+        """
+        generator = torch.Generator().manual_seed(int(seed) % 2**63)
+        with torch.no_grad():
+            inputs = model.input_transform(train_X)
+            targets = model.train_targets.detach().reshape(1, -1)
+            d = inputs.shape[-1]
+            covar = model.covar_module
+            start = torch.cat([
+                covar.lengthscale.detach().reshape(-1).log(),
+                model.likelihood.noise.detach().reshape(1).log(),
+                model.mean_module.constant.detach().reshape(1),
+            ])
+            ls_prior = getattr(covar, "lengthscale_prior", None)
+            noise_prior = getattr(model.likelihood.noise_covar, "noise_prior", None)
+            ls_floor = float(covar.raw_lengthscale_constraint.lower_bound)
+            kernel_module = _batched_kernel(kernel, torch.ones(n_samples, d, dtype=DTYPE))
+            eye = torch.eye(len(inputs), dtype=DTYPE)
+
+            def log_posterior(theta):
+                log_ls, log_noise, constant = theta[:, :d], theta[:, d], theta[:, d + 1]
+                ls, noise = log_ls.exp(), log_noise.exp()
+                kernel_module.lengthscale = ls.unsqueeze(-2)
+                K = kernel_module(inputs, inputs).to_dense() + noise[:, None, None] * eye
+                L, info = torch.linalg.cholesky_ex(K)
+                residual = (targets - constant[:, None]).unsqueeze(-1)
+                alpha = torch.cholesky_solve(residual, L)
+                value = -0.5 * (residual * alpha).sum((-2, -1))
+                value = value - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+                # priors on positive values, as densities of their logs
+                if ls_prior is not None:
+                    value = value + (ls_prior.log_prob(ls) + log_ls).sum(-1)
+                if noise_prior is not None:
+                    value = value + noise_prior.log_prob(noise) + log_noise
+                bad = (info > 0) | (ls < ls_floor).any(-1) | (noise < 1e-6) | ~torch.isfinite(value)
+                return value.masked_fill(bad, -torch.inf)
+
+            theta = start.expand(n_samples, -1).clone()
+            current = log_posterior(theta)
+            for _ in range(_SAMPLER_STEPS):
+                proposal = theta + _SAMPLER_STEP * torch.randn(theta.shape, generator=generator, dtype=DTYPE)
+                proposed = log_posterior(proposal)
+                accept = torch.rand(n_samples, generator=generator, dtype=DTYPE).log() < proposed - current
+                theta = torch.where(accept[:, None], proposal, theta)
+                current = torch.where(accept, proposed, current)
+        return cls(
+            model.input_transform,
+            model.outcome_transform.means.reshape(()).detach(),
+            model.outcome_transform.stdvs.reshape(()).detach(),
+            inputs, targets.expand(n_samples, -1).clone(), kernel,
+            theta[:, :d].exp(), theta[:, d].exp(), theta[:, d + 1],
+        )
+
+    def _standardized(self, X: torch.Tensor, observation_noise: bool):
+        with torch.no_grad():
+            U = self._input_transform(X)
+            cross = self._kernel_module(self.inputs, U).to_dense()  # (S, n, m)
+            mean = self.constant[:, None] + (cross * self._alpha).sum(-2)
+            v = torch.linalg.solve_triangular(self._cholesky, cross, upper=False)
+            var = (1.0 - (v**2).sum(-2)).clamp_min(1e-12)
+            if observation_noise:
+                var = var + self.noise[:, None]
+        return mean, var.sqrt()
+
+    def moments(self, X: torch.Tensor, observation_noise: bool = False):
+        """Each component's posterior mean and std at X : (m, n_features), two (S, m) tensors,
+        in the MAP model's scale; ``observation_noise`` adds each component's noise."""
+        mean, std = self._standardized(X, observation_noise)
+        return self._shift + self._scale * mean, self._scale * std
+
+    def condition_on_mean(self, X: torch.Tensor) -> HyperparameterMixture:
+        """The mixture with each component's own posterior mean at X : (m, n_features)
+        added to its data (a "kriging believer" per component)."""
+        mean, _ = self._standardized(X, False)
+        with torch.no_grad():
+            U = self._input_transform(X)
+        return HyperparameterMixture(
+            self._input_transform, self._shift, self._scale,
+            torch.cat([self.inputs, U]), torch.cat([self.targets, mean], dim=-1),
+            self.kernel, self.lengthscale, self.noise, self.constant,
+        )
+
+
+def _batched_kernel(kind: str, lengthscale: torch.Tensor):
+    """A Matérn-5/2 or RBF kernel with one set of ARD length scales per batch member."""
+    S, d = lengthscale.shape
+    cls = MaternKernel if kind == "matern" else RBFKernel
+    kwargs = {"nu": 2.5} if kind == "matern" else {}
+    module = cls(ard_num_dims=d, batch_shape=torch.Size([S]), **kwargs).to(DTYPE)
+    module.lengthscale = lengthscale.unsqueeze(-2)
+    return module
 
 
 def _copy_hyperparameters(source, target) -> None:

@@ -213,6 +213,14 @@ def test_top_threshold_leaves_the_asked_share_above_it():
     tau = top_threshold(mean, std, observed, 12.5)
     expected = norm.sf((tau - mean) / std).sum() + (observed > tau).sum()
     assert expected == pytest.approx(12.5, abs=1e-6)
+    # a candidate predicted by an equal mixture counts by its mixture probability
+    means, stds = np.stack([mean, mean + 1.0]), np.stack([std, 2 * std])
+    tau = top_threshold(means, stds, observed, 12.5)
+    expected = norm.sf((tau - means) / stds).mean(0).sum() + (observed > tau).sum()
+    assert expected == pytest.approx(12.5, abs=1e-6)
+    assert top_threshold(np.stack([mean, mean]), np.stack([std, std]), observed, 12.5) == (
+        pytest.approx(top_threshold(mean, std, observed, 12.5))
+    )
 
 
 def test_ptop_explores_until_something_clears_the_threshold_then_exploits():

@@ -81,6 +81,62 @@ def test_constant_columns_are_ignored_not_warned_about():
     assert model.predict(X[:3]).shape == (3,)
 
 
+def test_few_points_give_a_mixture_over_sampled_hyperparameters():
+    import torch
+
+    X, y = _data(15)
+    model = GPSurrogate(random_state=0).fit(X, y)
+    mixture = model.mixture_
+    assert mixture.n_components == 16
+    # the posterior over length scales is broad with 15 points: the samples differ
+    spread = mixture.lengthscale.log().std(0)
+    assert (spread > 0.05).all(), spread
+    # predict reports the mixture: its mean and the std of the whole mixture
+    mean, std = model.predict_latent(X[:4])
+    m, s = mixture.moments(torch.as_tensor(X[:4]))
+    assert np.allclose(mean, m.mean(0).numpy())
+    assert np.all(std >= s.mean(0).numpy() - 1e-9)
+    # seeded: the same seed gives the same mixture
+    again = GPSurrogate(random_state=0).fit(X, y)
+    assert np.allclose(again.predict(X[:4]), model.predict(X[:4]))
+
+
+def test_mixture_off_or_above_sample_max_is_the_map_fit():
+    import torch
+
+    X, y = _data(40)
+    plain = GPSurrogate(random_state=0, hyperparameter_samples=0).fit(X, y)
+    assert plain.mixture_ is None
+    big = GPSurrogate(random_state=0, sample_max=30).fit(X, y)
+    assert big.mixture_ is None
+    with torch.no_grad():
+        post = plain.model_.posterior(torch.as_tensor(X[:3]))
+    mean, std = plain.predict_latent(X[:3])
+    assert np.allclose(mean, post.mean.squeeze(-1).numpy())
+    assert np.allclose(std, post.variance.sqrt().squeeze(-1).numpy())
+
+
+def test_mixture_believing_its_mean_keeps_the_mean_and_shrinks_the_spread():
+    import torch
+
+    X, y = _data(20)
+    mixture = GPSurrogate(random_state=1).fit(X, y).mixture_
+    far = torch.as_tensor(X[:2] + 0.4)
+    mean, std = mixture.moments(far)
+    after_mean, after_std = mixture.condition_on_mean(far).moments(far)
+    assert torch.allclose(after_mean, mean, atol=1e-3)
+    assert (after_std < std).all()
+
+
+def test_mixture_intervals_cover_held_out_measurements():
+    X, y = _data(160, seed=3, noise=0.15)
+    model = GPSurrogate(random_state=0).fit(X[:60], y[:60])
+    assert model.mixture_ is not None
+    lo, hi = model.predict_interval(X[60:], level=0.9)
+    inside = np.mean((y[60:] >= lo) & (y[60:] <= hi))
+    assert 0.8 <= inside <= 0.99, inside
+
+
 @pytest.mark.parametrize(
     "kwargs, X, y, needle",
     [
@@ -89,6 +145,8 @@ def test_constant_columns_are_ignored_not_warned_about():
         ({}, np.array([[0.0], [np.nan]]), np.ones(2), "NaN"),
         ({"kernel": "cubic"}, np.eye(2), np.ones(2), "kernel"),
         ({"y_transform": "log"}, np.eye(2), np.ones(2), "y_transform"),
+        ({"hyperparameter_samples": -1}, np.eye(2), np.ones(2), "hyperparameter_samples"),
+        ({"hyperparameter_samples": 2.5}, np.eye(2), np.ones(2), "hyperparameter_samples"),
     ],
 )
 def test_bad_input_is_named(kwargs, X, y, needle):
