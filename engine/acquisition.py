@@ -250,7 +250,8 @@ def top_threshold(
     from scipy.optimize import brentq
     from scipy.stats import norm
 
-    mean, std = np.atleast_2d(mean).astype(float), np.maximum(np.atleast_2d(std).astype(float), 1e-12)
+    mean = np.atleast_2d(mean).astype(float)
+    std = np.maximum(np.atleast_2d(std).astype(float), 1e-12)
     observed = np.asarray(observed, float)
     w = np.ones(mean.shape[-1]) if weights is None else np.asarray(weights, float)
     w_obs = np.ones_like(observed) if observed_weights is None else np.asarray(observed_weights, float)

@@ -121,7 +121,8 @@ class GPSurrogate:
             and self.hyperparameter_samples >= 0
         ):
             raise ValueError(
-                f"hyperparameter_samples must be a non-negative integer, got {self.hyperparameter_samples!r}"
+                "hyperparameter_samples must be a non-negative integer, "
+                f"got {self.hyperparameter_samples!r}"
             )
         if len(y) < 2:
             raise ValueError(f"a GP needs at least 2 training points, got {len(y)}")
@@ -281,7 +282,8 @@ class HyperparameterMixture:
                  constant):
         self._input_transform, self._shift, self._scale = input_transform, shift, scale
         self.inputs, self.targets = inputs, targets
-        self.kernel, self.lengthscale, self.noise, self.constant = kernel, lengthscale, noise, constant
+        self.kernel, self.lengthscale = kernel, lengthscale
+        self.noise, self.constant = noise, constant
         self._kernel_module = _batched_kernel(kernel, lengthscale)
         n = len(inputs)
         with torch.no_grad():
@@ -296,13 +298,18 @@ class HyperparameterMixture:
         return len(self.noise)
 
     @classmethod
-    def sample(cls, model, train_X: torch.Tensor, kernel: str, n_samples: int, seed: int = 0):
+    def sample(
+        cls, model, train_X: torch.Tensor, kernel: str, n_samples: int, seed: int = 0
+    ) -> HyperparameterMixture | None:
         """Hyperparameter samples of an exact ``SingleTaskGP`` fitted by MAP.
 
         ``n_samples`` random-walk Metropolis chains on (log length scales, log
         noise, constant mean), started at the MAP values, target the posterior
         under the model's own priors (the marginal likelihood times the length
         scale and noise priors); each chain's last state is one component.
+        The kernel has unit prior variance (BoTorch's default, on standardized
+        outcomes). Returns None where the MAP values themselves give no finite
+        posterior (nothing to sample around).
         """
         generator = torch.Generator().manual_seed(int(seed) % 2**63)
         with torch.no_grad():
@@ -341,10 +348,14 @@ class HyperparameterMixture:
 
             theta = start.expand(n_samples, -1).clone()
             current = log_posterior(theta)
+            if not torch.isfinite(current).all():
+                return None
             for _ in range(_SAMPLER_STEPS):
-                proposal = theta + _SAMPLER_STEP * torch.randn(theta.shape, generator=generator, dtype=DTYPE)
+                step = torch.randn(theta.shape, generator=generator, dtype=DTYPE)
+                proposal = theta + _SAMPLER_STEP * step
                 proposed = log_posterior(proposal)
-                accept = torch.rand(n_samples, generator=generator, dtype=DTYPE).log() < proposed - current
+                u = torch.rand(n_samples, generator=generator, dtype=DTYPE)
+                accept = u.log() < proposed - current
                 theta = torch.where(accept[:, None], proposal, theta)
                 current = torch.where(accept, proposed, current)
         return cls(
