@@ -61,8 +61,9 @@ class Strategy:
     """Fit ``surrogate`` to the data so far and pick a batch by ``acquisition``.
 
     The default, a GP with an ARD Matérn-5/2 kernel on rank-transformed (Gaussian
-    copula) targets, averaged over sampled hyperparameters while data are few, picking by the probability that a new measurement lands in
-    the top 5 % of all candidates (``ptop``), is the one benchmarked in
+    copula) targets, averaged over sampled hyperparameters while data are few,
+    picking by the probability that a new measurement lands in the top 5 % of
+    all candidates (``ptop``), is the one benchmarked in
     ``benchmarks/liang2021.py``. ``acquisition='random'``
     picks uniformly (the baseline every campaign should beat).
 

@@ -285,13 +285,14 @@ class HyperparameterMixture:
         self.kernel, self.lengthscale = kernel, lengthscale
         self.noise, self.constant = noise, constant
         self._kernel_module = _batched_kernel(kernel, lengthscale)
-        n = len(inputs)
         with torch.no_grad():
-            K = self._kernel_module(inputs, inputs).to_dense()
-            K = K + noise[:, None, None] * torch.eye(n, dtype=DTYPE)
-            self._cholesky = torch.linalg.cholesky(K + 1e-8 * torch.eye(n, dtype=DTYPE))
-            residual = (targets - constant[:, None]).unsqueeze(-1)
-            self._alpha = torch.cholesky_solve(residual, self._cholesky)
+            self._cholesky, info, self._alpha = _solve_gp(
+                self._kernel_module, inputs, targets, noise + 1e-8, constant
+            )
+        if (info > 0).any():
+            raise torch.linalg.LinAlgError(
+                "a mixture component's kernel matrix is not positive definite"
+            )
 
     @property
     def n_components(self) -> int:
@@ -326,17 +327,13 @@ class HyperparameterMixture:
             noise_prior = getattr(model.likelihood.noise_covar, "noise_prior", None)
             ls_floor = float(covar.raw_lengthscale_constraint.lower_bound)
             kernel_module = _batched_kernel(kernel, torch.ones(n_samples, d, dtype=DTYPE))
-            eye = torch.eye(len(inputs), dtype=DTYPE)
 
             def log_posterior(theta):
                 log_ls, log_noise, constant = theta[:, :d], theta[:, d], theta[:, d + 1]
                 ls, noise = log_ls.exp(), log_noise.exp()
                 kernel_module.lengthscale = ls.unsqueeze(-2)
-                K = kernel_module(inputs, inputs).to_dense() + noise[:, None, None] * eye
-                L, info = torch.linalg.cholesky_ex(K)
-                residual = (targets - constant[:, None]).unsqueeze(-1)
-                alpha = torch.cholesky_solve(residual, L)
-                value = -0.5 * (residual * alpha).sum((-2, -1))
+                L, info, alpha = _solve_gp(kernel_module, inputs, targets, noise, constant)
+                value = -0.5 * ((targets - constant[:, None]) * alpha.squeeze(-1)).sum(-1)
                 value = value - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
                 # priors on positive values, as densities of their logs
                 if ls_prior is not None:
@@ -366,9 +363,9 @@ class HyperparameterMixture:
             theta[:, :d].exp(), theta[:, d].exp(), theta[:, d + 1],
         )
 
-    def _standardized(self, X: torch.Tensor, observation_noise: bool):
+    def _standardized(self, U: torch.Tensor, observation_noise: bool):
+        """Each component's mean and std at already transformed inputs U, standardized scale."""
         with torch.no_grad():
-            U = self._input_transform(X)
             cross = self._kernel_module(self.inputs, U).to_dense()  # (S, n, m)
             mean = self.constant[:, None] + (cross * self._alpha).sum(-2)
             v = torch.linalg.solve_triangular(self._cholesky, cross, upper=False)
@@ -380,20 +377,32 @@ class HyperparameterMixture:
     def moments(self, X: torch.Tensor, observation_noise: bool = False):
         """Each component's posterior mean and std at X : (m, n_features), two (S, m) tensors,
         in the MAP model's scale; ``observation_noise`` adds each component's noise."""
-        mean, std = self._standardized(X, observation_noise)
+        with torch.no_grad():
+            U = self._input_transform(X)
+        mean, std = self._standardized(U, observation_noise)
         return self._shift + self._scale * mean, self._scale * std
 
     def condition_on_mean(self, X: torch.Tensor) -> HyperparameterMixture:
         """The mixture with each component's own posterior mean at X : (m, n_features)
         added to its data (a "kriging believer" per component)."""
-        mean, _ = self._standardized(X, False)
         with torch.no_grad():
             U = self._input_transform(X)
+        mean, _ = self._standardized(U, False)
         return HyperparameterMixture(
             self._input_transform, self._shift, self._scale,
             torch.cat([self.inputs, U]), torch.cat([self.targets, mean], dim=-1),
             self.kernel, self.lengthscale, self.noise, self.constant,
         )
+
+
+def _solve_gp(kernel_module, inputs, targets, noise, constant):
+    """Cholesky factor of K + noise I, its failure flags and (K + noise I)^-1 (targets - constant),
+    one per component: shapes (S, n, n), (S,), (S, n, 1)."""
+    K = kernel_module(inputs, inputs).to_dense()
+    K = K + noise[:, None, None] * torch.eye(len(inputs), dtype=DTYPE)
+    L, info = torch.linalg.cholesky_ex(K)
+    alpha = torch.cholesky_solve((targets - constant[:, None]).unsqueeze(-1), L)
+    return L, info, alpha
 
 
 def _batched_kernel(kind: str, lengthscale: torch.Tensor):
