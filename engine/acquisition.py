@@ -19,6 +19,7 @@ from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpected
 from botorch.acquisition.monte_carlo import qUpperConfidenceBound
 from botorch.acquisition.objective import GenericMCObjective
 from botorch.optim import optimize_acqf_discrete
+from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
 from torch import Tensor
 
 from matforge.engine.surrogate import DTYPE, HyperparameterMixture, as_tensor
@@ -226,7 +227,14 @@ def _condition_on_mean(model, X: Tensor):
         return model.condition_on_mean(X)
     with torch.no_grad():
         try:
-            return model.condition_on_observations(X, model.posterior(X).mean)
+            post = model.posterior(X)
+            kwargs = {}
+            if isinstance(getattr(model, "likelihood", None), FixedNoiseGaussianLikelihood):
+                # per-point noise (a Student-t fit): the pretend observation gets the
+                # noise BoTorch gives a new measurement
+                noisy = model.posterior(X, observation_noise=True)
+                kwargs["noise"] = (noisy.variance - post.variance).clamp_min(1e-12)
+            return model.condition_on_observations(X, post.mean, **kwargs)
         except NotImplementedError:
             return model
 

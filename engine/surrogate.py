@@ -20,7 +20,7 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
-from gpytorch.kernels import InducingPointKernel, MaternKernel, RBFKernel
+from gpytorch.kernels import InducingPointKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
@@ -36,6 +36,17 @@ down and the MAP fit alone is used (the sampler's cost grows as n^3 per step).""
 _SAMPLER_STEPS = 30
 _SAMPLER_STEP = 0.25
 """Random-walk Metropolis: steps per chain and proposal width in log-hyperparameter units."""
+LIKELIHOODS = ("gaussian", "student_t")
+STUDENT_T_DF = 4.0
+"""Degrees of freedom of the Student-t noise: tails heavy enough that a stray
+replicate is discounted, light enough that a consistent trend is not (Jylänki et al. 2011)."""
+_EM_STEPS = 6
+_M_STEP_ITERATIONS = 20
+"""Most EM rounds of a Student-t fit (it stops once the weights settle within 5 %), and
+L-BFGS iterations per round: each round starts where the last ended, so a partial
+M-step (generalized EM) is enough."""
+_T_NODES = 8
+"""Normals per component that stand for a Student-t measurement (equal-probability nodes)."""
 
 
 def as_tensor(X: np.ndarray) -> torch.Tensor:
@@ -48,7 +59,15 @@ class GPSurrogate:
 
     Length scales carry BoTorch's dimension-scaled log-normal prior (Hvarfner et
     al. 2024), which keeps the fit sensible from a handful of points up to tens
-    of features; the noise level is learned. Inputs are normalized to the unit
+    of features. Measurement noise is Gaussian with a learned level by default;
+    ``likelihood="student_t"`` makes it Student-t instead, for replicated lab
+    data whose noise is heavy-tailed: under Gaussian noise one wild replicate
+    widens the noise of every measurement, while a t (fitted by EM,
+    :func:`fit_student_t`) gives that replicate a small weight and keeps the
+    noise of the rest at their own level (``noise_scale_`` holds each training
+    point's noise relative to it). It is not the default: on the benchmark
+    pools it helped on one and hurt on another (``benchmarks/README.md``).
+    Inputs are normalized to the unit
     cube (constant columns are dropped) and outcomes standardized inside the
     model. Above ``exact_max`` training points a sparse GP (SGPR) with
     ``n_inducing`` inducing points (a random subset of the inputs) replaces the exact one, so a fit costs
@@ -58,11 +77,17 @@ class GPSurrogate:
     one guess: BO then trusts length scales it cannot know. So up to
     ``sample_max`` training points the GP also draws ``hyperparameter_samples``
     hyperparameter sets from their posterior (same priors, random-walk Metropolis
-    chains started at the MAP fit) and predicts with the equal mixture of the
-    GPs they define (``mixture_``, a :class:`HyperparameterMixture`): a cheap
-    fully Bayesian GP. ``predict`` and ``predict_interval`` report the mixture;
-    the ``ptop`` acquisition scores it; ``model_`` stays the MAP fit, which the
-    BoTorch acquisitions use.
+    chains started at the MAP fit, per-point noise weights held at the fit's)
+    and predicts with the equal mixture of the GPs they define (``mixture_``, a
+    :class:`HyperparameterMixture`): a cheap fully Bayesian GP. Above it
+    ``mixture_`` is the MAP fit alone. ``predict`` and ``predict_interval``
+    report the mixture (``predict_interval`` a new measurement with the t's
+    tails; ``predict`` with ``observation_noise`` a typical one, at the noise
+    level); the ``ptop`` acquisition scores it (a typical measurement, so it
+    aims for designs that reliably land in the top, not for lucky outliers);
+    ``model_`` is the MAP fit as a BoTorch model (with
+    the t fit's per-point noise fixed), which the BoTorch acquisitions use. The
+    sparse GP has Gaussian noise and no mixture.
 
     Parameters
     ----------
@@ -74,6 +99,8 @@ class GPSurrogate:
     n_inducing : inducing points of the sparse GP
     hyperparameter_samples : hyperparameter sets averaged over (0: MAP only)
     sample_max : largest training set whose hyperparameters are sampled
+    likelihood : "gaussian" (default) or "student_t" measurement noise
+    df : degrees of freedom of the Student-t noise
     warm_start : start the hyperparameter search from the previous fit's values
         when refitting on data with the same columns (faster sequential refits)
     random_state : seed of the optimizer's restarts and the inducing points
@@ -88,8 +115,12 @@ class GPSurrogate:
         warm_start: bool = False,
         hyperparameter_samples: int = HYPERPARAMETER_SAMPLES,
         sample_max: int = SAMPLE_MAX,
+        likelihood: str = "gaussian",
+        df: float = STUDENT_T_DF,
         random_state: int | None = None,
     ):
+        self.likelihood = likelihood
+        self.df = df
         self.kernel = kernel
         self.y_transform = y_transform
         self.exact_max = exact_max
@@ -116,6 +147,10 @@ class GPSurrogate:
             )
         if X.ndim != 2 or len(X) != len(y):
             raise ValueError(f"X has shape {X.shape} but y has {len(y)} values")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if isinstance(self.df, bool) or not (isinstance(self.df, (int, float)) and self.df > 0):
+            raise ValueError(f"df (Student-t degrees of freedom) must be positive, got {self.df!r}")
         if isinstance(self.hyperparameter_samples, bool) or not (
             int(self.hyperparameter_samples) == self.hyperparameter_samples
             and self.hyperparameter_samples >= 0
@@ -176,13 +211,27 @@ class GPSurrogate:
             warnings.filterwarnings("ignore", message=".*[Oo]ptimization.*")
             fit_gpytorch_mll(mll)
         model.eval()
-        self.model_ = model
-        self.mixture_ = None
-        if self.hyperparameter_samples and len(y) <= min(self.sample_max, self.exact_max):
-            self.mixture_ = HyperparameterMixture.sample(
-                model, train_X, self.kernel, int(self.hyperparameter_samples),
-                seed=0 if self.random_state is None else self.random_state,
-            )
+        self.model_, self.mixture_, self.noise_scale_ = model, None, None
+        if not isinstance(covar, InducingPointKernel):
+            # the Gaussian MAP fit carries the priors and starts the Student-t fit
+            log_posterior = LogPosterior(model, train_X, self.kernel)
+            theta, df = log_posterior.start, None
+            if self.likelihood == "student_t":
+                theta, self.noise_scale_ = fit_student_t(log_posterior, self.df)
+                df = self.df
+                self.model_ = _with_point_noise(
+                    model, train_X, train_Y, theta, self.noise_scale_, self.kernel, len(keep)
+                )
+            if self.hyperparameter_samples and len(y) <= self.sample_max:
+                self.mixture_ = HyperparameterMixture.sample(
+                    model, train_X, self.kernel, int(self.hyperparameter_samples),
+                    seed=0 if self.random_state is None else self.random_state,
+                    theta=theta, noise_scale=self.noise_scale_, df=df,
+                )
+            if self.mixture_ is None:
+                self.mixture_ = HyperparameterMixture.single(
+                    model, train_X, self.kernel, theta, self.noise_scale_, df
+                )
         self.keep_ = keep
         self.n_features_in_ = X.shape[1]
         return self
@@ -220,7 +269,8 @@ class GPSurrogate:
             raise ValueError(f"level must be in (0, 1), got {level}")
         if self.mixture_ is not None:
             self._check_X(X)
-            mean, std = (t.numpy() for t in self.mixture_.moments(as_tensor(X), observation_noise))
+            moments = self.mixture_.moments(as_tensor(X), observation_noise, tails=True)
+            mean, std = (t.numpy() for t in moments)
             lower = mixture_quantile(mean, std, 0.5 - level / 2)
             upper = mixture_quantile(mean, std, 0.5 + level / 2)
             return self.y_transform_.inverse(lower), self.y_transform_.inverse(upper)
@@ -269,25 +319,35 @@ def mixture_quantile(mean: np.ndarray, std: np.ndarray, q: float) -> np.ndarray:
 class HyperparameterMixture:
     """Equal mixture of exact GPs that share data but not hyperparameters.
 
-    Built by :meth:`sample` from a fitted exact ``SingleTaskGP`` (its input and
-    outcome transforms, kernel kind and priors). Component k has length scales
-    ``lengthscale[k]``, noise ``noise[k]`` and constant mean ``constant[k]``, all
-    in the model's standardized scale; ``moments`` reports each component's
-    posterior in the scale the MAP model predicts. Training targets may differ
-    per component (``targets`` : (S, n)), which is how :meth:`condition_on_mean`
-    lets each component believe its own prediction.
+    Built by :meth:`sample` (or :meth:`single`) from a fitted exact ``SingleTaskGP``
+    (its input and outcome transforms, kernel kind and priors). Component k has
+    length scales ``lengthscale[k]``, noise ``noise[k]`` and constant mean
+    ``constant[k]``, all in the model's standardized scale; ``moments`` reports
+    each component's posterior in the scale the MAP model predicts. Training
+    point i has noise variance ``noise[k] * noise_scale[i]`` (all ones for
+    Gaussian noise; a Student-t fit's per-point weights otherwise). With ``df``
+    set, the noise of a new measurement is Student-t with ``df`` degrees of
+    freedom and scale ``noise[k]``: ``moments(observation_noise=True, tails=True)``
+    returns it as an equal mixture of normals, each component split at
+    :data:`_T_NODES` equal-probability quantiles of the t's precision (a Gamma
+    scale mixture). Training targets may differ per component (``targets`` :
+    (S, n)), which is how :meth:`condition_on_mean` lets each component believe
+    its own prediction.
     """
 
     def __init__(self, input_transform, shift, scale, inputs, targets, kernel, lengthscale, noise,
-                 constant):
+                 constant, noise_scale=None, df=None):
         self._input_transform, self._shift, self._scale = input_transform, shift, scale
         self.inputs, self.targets = inputs, targets
         self.kernel, self.lengthscale = kernel, lengthscale
         self.noise, self.constant = noise, constant
-        self._kernel_module = _batched_kernel(kernel, lengthscale)
+        if noise_scale is None:
+            noise_scale = torch.ones(len(inputs), dtype=DTYPE)
+        self.noise_scale = noise_scale
+        self.df = df
         with torch.no_grad():
             self._cholesky, info, self._alpha = _solve_gp(
-                self._kernel_module, inputs, targets, noise + 1e-8, constant
+                kernel, lengthscale, inputs, targets, noise, constant, self.noise_scale, jitter=1e-8
             )
         if (info > 0).any():
             raise torch.linalg.LinAlgError(
@@ -299,51 +359,44 @@ class HyperparameterMixture:
         return len(self.noise)
 
     @classmethod
+    def _build(cls, model, inputs, targets, kernel, theta, noise_scale, df):
+        d = inputs.shape[-1]
+        return cls(
+            model.input_transform,
+            model.outcome_transform.means.reshape(()).detach(),
+            model.outcome_transform.stdvs.reshape(()).detach(),
+            inputs, targets.expand(len(theta), -1).clone(), kernel,
+            theta[:, :d].exp(), theta[:, d].exp(), theta[:, d + 1], noise_scale, df,
+        )
+
+    @classmethod
+    def single(cls, model, train_X, kernel, theta=None, noise_scale=None, df=None):
+        """The one-component mixture at hyperparameters ``theta`` (default: ``model``'s own)."""
+        log_posterior = LogPosterior(model, train_X, kernel, noise_scale)
+        theta = log_posterior.start if theta is None else theta
+        return cls._build(model, log_posterior.inputs, log_posterior.targets, kernel,
+                          theta.reshape(1, -1), noise_scale, df)
+
+    @classmethod
     def sample(
-        cls, model, train_X: torch.Tensor, kernel: str, n_samples: int, seed: int = 0
+        cls, model, train_X: torch.Tensor, kernel: str, n_samples: int, seed: int = 0,
+        theta: torch.Tensor | None = None, noise_scale: torch.Tensor | None = None,
+        df: float | None = None,
     ) -> HyperparameterMixture | None:
         """Hyperparameter samples of an exact ``SingleTaskGP`` fitted by MAP.
 
         ``n_samples`` random-walk Metropolis chains on (log length scales, log
-        noise, constant mean), started at the MAP values, target the posterior
-        under the model's own priors (the marginal likelihood times the length
-        scale and noise priors); each chain's last state is one component.
-        The kernel has unit prior variance (BoTorch's default, on standardized
-        outcomes). Returns None where the MAP values themselves give no finite
-        posterior (nothing to sample around).
+        noise, constant mean), started at the MAP values ``theta`` (default:
+        the model's own), target the posterior under the model's own priors
+        (:class:`LogPosterior`, with per-point ``noise_scale`` held fixed);
+        each chain's last state is one component. Returns None where the MAP
+        values themselves give no finite posterior (nothing to sample around).
         """
         generator = torch.Generator().manual_seed(int(seed) % 2**63)
+        log_posterior = LogPosterior(model, train_X, kernel, noise_scale)
+        start = log_posterior.start if theta is None else theta
         with torch.no_grad():
-            inputs = model.input_transform(train_X)
-            targets = model.train_targets.detach().reshape(1, -1)
-            d = inputs.shape[-1]
-            covar = model.covar_module
-            start = torch.cat([
-                covar.lengthscale.detach().reshape(-1).log(),
-                model.likelihood.noise.detach().reshape(1).log(),
-                model.mean_module.constant.detach().reshape(1),
-            ])
-            ls_prior = getattr(covar, "lengthscale_prior", None)
-            noise_prior = getattr(model.likelihood.noise_covar, "noise_prior", None)
-            ls_floor = float(covar.raw_lengthscale_constraint.lower_bound)
-            kernel_module = _batched_kernel(kernel, torch.ones(n_samples, d, dtype=DTYPE))
-
-            def log_posterior(theta):
-                log_ls, log_noise, constant = theta[:, :d], theta[:, d], theta[:, d + 1]
-                ls, noise = log_ls.exp(), log_noise.exp()
-                kernel_module.lengthscale = ls.unsqueeze(-2)
-                L, info, alpha = _solve_gp(kernel_module, inputs, targets, noise, constant)
-                value = -0.5 * ((targets - constant[:, None]) * alpha.squeeze(-1)).sum(-1)
-                value = value - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-                # priors on positive values, as densities of their logs
-                if ls_prior is not None:
-                    value = value + (ls_prior.log_prob(ls) + log_ls).sum(-1)
-                if noise_prior is not None:
-                    value = value + noise_prior.log_prob(noise) + log_noise
-                bad = (info > 0) | (ls < ls_floor).any(-1) | (noise < 1e-6) | ~torch.isfinite(value)
-                return value.masked_fill(bad, -torch.inf)
-
-            theta = start.expand(n_samples, -1).clone()
+            theta = start.reshape(1, -1).expand(n_samples, -1).clone()
             current = log_posterior(theta)
             if not torch.isfinite(current).all():
                 return None
@@ -355,36 +408,46 @@ class HyperparameterMixture:
                 accept = u.log() < proposed - current
                 theta = torch.where(accept[:, None], proposal, theta)
                 current = torch.where(accept, proposed, current)
-        return cls(
-            model.input_transform,
-            model.outcome_transform.means.reshape(()).detach(),
-            model.outcome_transform.stdvs.reshape(()).detach(),
-            inputs, targets.expand(n_samples, -1).clone(), kernel,
-            theta[:, :d].exp(), theta[:, d].exp(), theta[:, d + 1],
-        )
+        return cls._build(model, log_posterior.inputs, log_posterior.targets, kernel, theta,
+                          noise_scale, df)
 
-    def _standardized(self, U: torch.Tensor, observation_noise: bool):
-        """Each component's mean and std at already transformed inputs U, standardized scale."""
+    def _standardized(self, U: torch.Tensor, observation_noise: bool, tails: bool = False):
+        """Each component's mean and std at already transformed inputs U, standardized scale.
+
+        Shapes (S, m); (S * _T_NODES, m) for a Student-t measurement with its tails
+        (``observation_noise`` and ``tails`` with ``df`` set), component k's nodes in
+        rows k * _T_NODES onwards.
+        """
         with torch.no_grad():
-            cross = self._kernel_module(self.inputs, U).to_dense()  # (S, n, m)
+            cross = kernel_matrix(self.kernel, self.lengthscale, self.inputs, U)  # (S, n, m)
             mean = self.constant[:, None] + (cross * self._alpha).sum(-2)
             v = torch.linalg.solve_triangular(self._cholesky, cross, upper=False)
             var = (1.0 - (v**2).sum(-2)).clamp_min(1e-12)
-            if observation_noise:
+            if observation_noise and tails and self.df is not None:
+                spread = self.noise[:, None] / _precision_nodes(self.df)  # (S, G)
+                var = (var[:, None, :] + spread[:, :, None]).reshape(-1, var.shape[-1])
+                mean = mean.repeat_interleave(_T_NODES, dim=0)
+            elif observation_noise:
                 var = var + self.noise[:, None]
         return mean, var.sqrt()
 
-    def moments(self, X: torch.Tensor, observation_noise: bool = False):
+    def moments(self, X: torch.Tensor, observation_noise: bool = False, tails: bool = False):
         """Each component's posterior mean and std at X : (m, n_features), two (S, m) tensors,
-        in the MAP model's scale; ``observation_noise`` adds each component's noise."""
+        in the MAP model's scale.
+
+        ``observation_noise`` adds each component's noise level: the spread of a
+        typical new measurement. With Student-t noise (``df`` set), ``tails`` adds
+        the t itself instead, as :data:`_T_NODES` normals per component, (S * _T_NODES, m):
+        the spread of any new measurement, outliers included.
+        """
         with torch.no_grad():
             U = self._input_transform(X)
-        mean, std = self._standardized(U, observation_noise)
+        mean, std = self._standardized(U, observation_noise, tails)
         return self._shift + self._scale * mean, self._scale * std
 
     def condition_on_mean(self, X: torch.Tensor) -> HyperparameterMixture:
         """The mixture with each component's own posterior mean at X : (m, n_features)
-        added to its data (a "kriging believer" per component)."""
+        added to its data (a "kriging believer" per component), at the core noise."""
         with torch.no_grad():
             U = self._input_transform(X)
         mean, _ = self._standardized(U, False)
@@ -392,27 +455,174 @@ class HyperparameterMixture:
             self._input_transform, self._shift, self._scale,
             torch.cat([self.inputs, U]), torch.cat([self.targets, mean], dim=-1),
             self.kernel, self.lengthscale, self.noise, self.constant,
+            torch.cat([self.noise_scale, torch.ones(len(U), dtype=DTYPE)]), self.df,
         )
 
 
-def _solve_gp(kernel_module, inputs, targets, noise, constant):
-    """Cholesky factor of K + noise I, its failure flags and (K + noise I)^-1 (targets - constant),
-    one per component: shapes (S, n, n), (S,), (S, n, 1)."""
-    K = kernel_module(inputs, inputs).to_dense()
-    K = K + noise[:, None, None] * torch.eye(len(inputs), dtype=DTYPE)
+class LogPosterior:
+    """Log posterior density of an exact GP's hyperparameters, up to a constant.
+
+    theta : (S, d + 2) = (log length scales, log noise, constant mean), in the
+    standardized scale of a fitted ``SingleTaskGP``, whose priors (length scale
+    and noise) and bounds it uses; the kernel has unit prior variance (BoTorch's
+    default on standardized outcomes). Training point i has noise variance
+    ``noise * noise_scale[i]``. Differentiable in theta; -inf outside the bounds
+    or where the kernel matrix is not positive definite.
+    """
+
+    def __init__(self, model, train_X, kernel, noise_scale=None):
+        with torch.no_grad():
+            self.inputs = model.input_transform(train_X)
+            self.targets = model.train_targets.detach().reshape(1, -1)
+        self.kernel = kernel
+        self.noise_scale = noise_scale
+        covar = model.covar_module
+        noise_covar = model.likelihood.noise_covar
+        self.d = d = self.inputs.shape[-1]
+        self.start = torch.cat([
+            covar.lengthscale.detach().reshape(-1).log(),
+            model.likelihood.noise.detach().reshape(-1)[:1].log(),
+            model.mean_module.constant.detach().reshape(1),
+        ])
+        self.ls_prior = getattr(covar, "lengthscale_prior", None)
+        self.noise_prior = getattr(noise_covar, "noise_prior", None)
+        self.ls_floor = float(covar.raw_lengthscale_constraint.lower_bound)
+        constraint = getattr(noise_covar, "raw_noise_constraint", None)
+        self.noise_floor = max(1e-6, float(constraint.lower_bound) if constraint is not None else 0)
+        assert self.start.shape == (d + 2,)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        d, targets = self.d, self.targets
+        log_ls, log_noise, constant = theta[:, :d], theta[:, d], theta[:, d + 1]
+        ls, noise = log_ls.exp(), log_noise.exp()
+        L, info, alpha = _solve_gp(
+            self.kernel, ls, self.inputs, targets, noise, constant, self.noise_scale
+        )
+        value = -0.5 * ((targets - constant[:, None]) * alpha.squeeze(-1)).sum(-1)
+        value = value - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        # priors on positive values, as densities of their logs
+        if self.ls_prior is not None:
+            value = value + (self.ls_prior.log_prob(ls) + log_ls).sum(-1)
+        if self.noise_prior is not None:
+            value = value + self.noise_prior.log_prob(noise) + log_noise
+        bad = (info > 0) | (ls < self.ls_floor).any(-1) | (noise < self.noise_floor)
+        return value.masked_fill(bad | ~torch.isfinite(value), -torch.inf)
+
+
+def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS):
+    """MAP hyperparameters of a GP whose noise is Student-t with ``df`` degrees of freedom.
+
+    The t is a scale mixture of normals: point i's noise is N(0, noise / w_i) with
+    w_i ~ Gamma(df/2, df/2). EM alternates the expected weights given the fit,
+    w_i = (df + 1) / (df + E[(y_i - f_i)^2] / noise) under the current posterior
+    of f (Tipping & Lawrence 2005), with a MAP fit of the hyperparameters given
+    the weights, starting from ``log_posterior.start``. A replicate that
+    disagrees with its neighbours gets a small weight instead of widening the
+    noise of every measurement. Returns theta (d + 2,) and the per-point noise
+    scales 1 / w_i, (n,).
+    """
+    from scipy.optimize import minimize
+
+    theta = log_posterior.start.clone()
+    lower = np.full(len(theta), -np.inf)
+    lower[: log_posterior.d] = np.log(log_posterior.ls_floor) + 1e-9
+    lower[log_posterior.d] = np.log(log_posterior.noise_floor) + 1e-9
+    bounds = list(zip(lower, [None] * len(theta)))
+    scale = torch.ones(log_posterior.targets.shape[-1], dtype=DTYPE)
+    for _ in range(steps):
+        log_posterior.noise_scale = scale
+        with torch.no_grad():
+            scale_new = 1.0 / _expected_weights(log_posterior, theta, df)
+        converged = (scale_new.log() - scale.log()).abs().max() < 0.05
+        scale = scale_new
+        if converged:
+            break
+        log_posterior.noise_scale = scale
+
+        def loss(x):
+            t = torch.as_tensor(x, dtype=DTYPE).requires_grad_(True)
+            value = -log_posterior(t.unsqueeze(0))[0]
+            if not torch.isfinite(value):
+                return 1e300, np.zeros_like(x)
+            value.backward()
+            return float(value.detach()), t.grad.numpy().copy()
+
+        x0 = np.maximum(theta.numpy(), lower)
+        result = minimize(loss, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                          options={"maxiter": _M_STEP_ITERATIONS})
+        if np.isfinite(result.fun) and result.fun < loss(x0)[0]:
+            theta = torch.as_tensor(result.x, dtype=DTYPE)
+    log_posterior.noise_scale = scale
+    return theta, scale
+
+
+def _expected_weights(log_posterior: LogPosterior, theta: torch.Tensor, df: float) -> torch.Tensor:
+    """E[w_i] of each training point's t-noise precision weight given the GP at ``theta``."""
+    d = log_posterior.d
+    ls, noise, constant = theta[:d].exp(), theta[d].exp(), theta[d + 1]
+    scale = log_posterior.noise_scale
+    targets = log_posterior.targets[0]
+    L, _, alpha = _solve_gp(log_posterior.kernel, ls[None], log_posterior.inputs,
+                            targets[None], noise[None], constant[None], scale)
+    point_noise = noise * scale
+    # posterior of f at the training points: mean y - N alpha, variance N - N^2 diag((K+N)^-1)
+    residual = point_noise * alpha[0, :, 0]
+    inverse_diagonal = torch.cholesky_inverse(L[0]).diagonal()
+    variance = (point_noise - point_noise**2 * inverse_diagonal).clamp_min(0)
+    return (df + 1) / (df + (residual**2 + variance) / noise)
+
+
+def _precision_nodes(df: float) -> torch.Tensor:
+    """:data:`_T_NODES` equal-probability quantiles of Gamma(df/2, rate df/2), the precision
+    weights whose equal mixture of normals approximates a Student-t with ``df``."""
+    from scipy.stats import gamma
+
+    q = (np.arange(_T_NODES) + 0.5) / _T_NODES
+    return torch.as_tensor(gamma.ppf(q, df / 2, scale=2 / df), dtype=DTYPE)
+
+
+def kernel_matrix(kind: str, lengthscale: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
+    """Unit-variance Matérn-5/2 or RBF kernel between A (n, d) and B (m, d), one matrix per row
+    of ARD length scales (S, d): shape (S, n, m). Differentiable in the length scales."""
+    center = A.mean(0)  # distances from a nearby origin, for round-off
+    a = (A - center).unsqueeze(0) / lengthscale[:, None, :]
+    b = (B - center).unsqueeze(0) / lengthscale[:, None, :]
+    distance = torch.cdist(a, b)
+    if kind == "rbf":
+        return torch.exp(-0.5 * distance**2)
+    r = 5**0.5 * distance
+    if torch.is_grad_enabled() and r.requires_grad:
+        return (1 + r + r**2 / 3) * torch.exp(-r)
+    # the same in place: the cross-covariance with a whole pool is the largest array here
+    decay = torch.exp(-r)
+    return r.pow(2).div_(3).add_(r).add_(1).mul_(decay)
+
+
+def _solve_gp(kernel, lengthscale, inputs, targets, noise, constant, noise_scale=None, jitter=0.0):
+    """Cholesky factor of K + noise diag(noise_scale), its failure flags and
+    (K + noise diag(noise_scale))^-1 (targets - constant), one per component:
+    shapes (S, n, n), (S,), (S, n, 1)."""
+    K = kernel_matrix(kernel, lengthscale, inputs, inputs)
+    per_point = torch.ones(len(inputs), dtype=DTYPE) if noise_scale is None else noise_scale
+    K = K + torch.diag_embed(noise[:, None] * per_point + jitter)
     L, info = torch.linalg.cholesky_ex(K)
     alpha = torch.cholesky_solve((targets - constant[:, None]).unsqueeze(-1), L)
     return L, info, alpha
 
 
-def _batched_kernel(kind: str, lengthscale: torch.Tensor):
-    """A Matérn-5/2 or RBF kernel with one set of ARD length scales per batch member."""
-    S, d = lengthscale.shape
-    cls = MaternKernel if kind == "matern" else RBFKernel
-    kwargs = {"nu": 2.5} if kind == "matern" else {}
-    module = cls(ard_num_dims=d, batch_shape=torch.Size([S]), **kwargs).to(DTYPE)
-    module.lengthscale = lengthscale.unsqueeze(-2)
-    return module
+def _with_point_noise(model, train_X, train_Y, theta, noise_scale, kernel, d):
+    """A ``SingleTaskGP`` like ``model`` at hyperparameters ``theta`` with the per-point noise
+    ``noise * noise_scale`` fixed (the Student-t fit, for BoTorch's acquisitions)."""
+    stdv = model.outcome_transform.stdvs.reshape(()).detach()
+    train_Yvar = (theta[d].exp() * noise_scale * stdv**2).unsqueeze(-1)
+    covar = get_covar_module_with_dim_scaled_prior(ard_num_dims=d, use_rbf_kernel=kernel == "rbf")
+    fixed = SingleTaskGP(
+        train_X, train_Y, train_Yvar=train_Yvar, covar_module=covar,
+        input_transform=model.input_transform, outcome_transform=Standardize(m=1),
+    )
+    covar.lengthscale = theta[:d].exp().reshape(1, -1)
+    fixed.mean_module.constant = theta[d + 1]
+    return fixed.eval()
 
 
 def _copy_hyperparameters(source, target) -> None:

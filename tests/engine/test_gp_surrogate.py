@@ -101,19 +101,81 @@ def test_few_points_give_a_mixture_over_sampled_hyperparameters():
     assert np.allclose(again.predict(X[:4]), model.predict(X[:4]))
 
 
-def test_mixture_off_or_above_sample_max_is_the_map_fit():
+@pytest.mark.parametrize("likelihood", ["gaussian", "student_t"])
+def test_mixture_off_or_above_sample_max_is_the_map_fit(likelihood):
     import torch
 
     X, y = _data(40)
-    plain = GPSurrogate(random_state=0, hyperparameter_samples=0).fit(X, y)
-    assert plain.mixture_ is None
-    big = GPSurrogate(random_state=0, sample_max=30).fit(X, y)
-    assert big.mixture_ is None
+    plain = GPSurrogate(random_state=0, hyperparameter_samples=0, likelihood=likelihood).fit(X, y)
+    assert plain.mixture_.n_components == 1
+    big = GPSurrogate(random_state=0, sample_max=30, likelihood=likelihood).fit(X, y)
+    assert big.mixture_.n_components == 1
+    # the one component is the MAP model BoTorch's acquisitions use
     with torch.no_grad():
         post = plain.model_.posterior(torch.as_tensor(X[:3]))
     mean, std = plain.predict_latent(X[:3])
-    assert np.allclose(mean, post.mean.squeeze(-1).numpy())
-    assert np.allclose(std, post.variance.sqrt().squeeze(-1).numpy())
+    assert np.allclose(mean, post.mean.squeeze(-1).numpy(), atol=1e-6)
+    assert np.allclose(std, post.variance.sqrt().squeeze(-1).numpy(), atol=1e-6)
+
+
+def _replicated(seed=0):
+    """Designs measured three times each; one replicate of every sixth design is wild."""
+    rng = np.random.default_rng(seed)
+    designs = rng.random((30, 2))
+    X = np.repeat(designs, 3, axis=0)
+    f = np.sin(3 * X[:, 0]) + X[:, 1]
+    y = f + 0.05 * rng.normal(size=len(f))
+    wild = np.arange(0, len(y), 18)
+    y[wild] += 3.0
+    return X, y, f, wild
+
+
+def test_student_t_noise_discounts_a_wild_replicate_instead_of_widening_all_noise():
+    X, y, f, wild = _replicated()
+    robust = GPSurrogate(random_state=0, y_transform="none", likelihood="student_t").fit(X, y)
+    gauss = GPSurrogate(random_state=0, y_transform="none", likelihood="gaussian").fit(X, y)
+    scale = robust.noise_scale_.numpy()
+    clean = np.setdiff1d(np.arange(len(y)), wild)
+    # the wild replicates carry the inflated noise, the rest keep the core level
+    assert scale[wild].min() > 10 * np.median(scale[clean]), scale[wild]
+    assert robust.mixture_.noise.mean() < 0.2 * gauss.mixture_.noise.mean()
+    # and the designs they belong to are predicted at their consensus, not pulled up
+    err_robust = np.abs(robust.predict(X[wild]) - f[wild])
+    err_gauss = np.abs(gauss.predict(X[wild]) - f[wild])
+    assert err_robust.max() < 0.15 and err_gauss.mean() > 2 * err_robust.mean(), (
+        err_robust, err_gauss)
+    # a new measurement's interval is heavy-tailed: narrow core, wide tails
+    lo50, hi50 = robust.predict_interval(X[:1], level=0.5)
+    lo95, hi95 = robust.predict_interval(X[:1], level=0.95)
+    assert (hi95 - lo95) > 3.2 * (hi50 - lo50)  # a normal's ratio is 2.9
+
+
+def test_student_t_intervals_cover_heavy_tailed_held_out_measurements():
+    rng = np.random.default_rng(5)
+    X = rng.random((300, 3))
+    f = np.sin(4 * X[:, 0]) + X[:, 1] ** 2
+    y = f + 0.1 * rng.standard_t(3, size=len(f))
+    model = GPSurrogate(random_state=0, likelihood="student_t").fit(X[:150], y[:150])
+    lo, hi = model.predict_interval(X[150:], level=0.9)
+    inside = np.mean((y[150:] >= lo) & (y[150:] <= hi))
+    assert 0.85 <= inside <= 0.95, inside
+
+
+def test_kernel_matrix_is_gpytorchs_matern_and_rbf():
+    import torch
+    from gpytorch.kernels import MaternKernel, RBFKernel
+
+    from matforge.engine.surrogate import kernel_matrix
+
+    rng = np.random.default_rng(0)
+    A, B = torch.as_tensor(rng.random((7, 3))), torch.as_tensor(rng.random((5, 3)))
+    ls = torch.as_tensor([[0.3, 1.0, 2.0]])
+    for kind, module in [("matern", MaternKernel(nu=2.5, ard_num_dims=3)),
+                         ("rbf", RBFKernel(ard_num_dims=3))]:
+        module = module.to(torch.float64)
+        module.lengthscale = ls
+        expected = module(A, B).to_dense().detach()
+        assert torch.allclose(kernel_matrix(kind, ls, A, B)[0], expected, atol=1e-10)
 
 
 def test_mixture_believing_its_mean_keeps_the_mean_and_shrinks_the_spread():
@@ -147,6 +209,8 @@ def test_mixture_intervals_cover_held_out_measurements():
         ({"y_transform": "log"}, np.eye(2), np.ones(2), "y_transform"),
         ({"hyperparameter_samples": -1}, np.eye(2), np.ones(2), "hyperparameter_samples"),
         ({"hyperparameter_samples": 2.5}, np.eye(2), np.ones(2), "hyperparameter_samples"),
+        ({"likelihood": "laplace"}, np.eye(2), np.ones(2), "likelihood"),
+        ({"df": 0}, np.eye(2), np.ones(2), "df"),
     ],
 )
 def test_bad_input_is_named(kwargs, X, y, needle):
