@@ -519,7 +519,7 @@ def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS
     the weights, starting from ``log_posterior.start``. A replicate that
     disagrees with its neighbours gets a small weight instead of widening the
     noise of every measurement. Returns theta (d + 2,) and the per-point noise
-    scales 1 / w_i, (n,).
+    scales 1 / w_i, (n,); ``log_posterior`` keeps the last M-step's scales.
     """
     from scipy.optimize import minimize
 
@@ -530,14 +530,13 @@ def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS
     bounds = list(zip(lower, [None] * len(theta)))
     scale = torch.ones(log_posterior.targets.shape[-1], dtype=DTYPE)
     for _ in range(steps):
-        log_posterior.noise_scale = scale
         with torch.no_grad():
-            scale_new = 1.0 / _expected_weights(log_posterior, theta, df)
+            scale_new = 1.0 / _expected_weights(log_posterior, theta, scale, df)
         converged = (scale_new.log() - scale.log()).abs().max() < 0.05
         scale = scale_new
         if converged:
             break
-        log_posterior.noise_scale = scale
+        log_posterior.noise_scale = scale  # the M-step's weights
 
         def loss(x):
             t = torch.as_tensor(x, dtype=DTYPE).requires_grad_(True)
@@ -552,15 +551,15 @@ def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS
                           options={"maxiter": _M_STEP_ITERATIONS})
         if np.isfinite(result.fun) and result.fun < loss(x0)[0]:
             theta = torch.as_tensor(result.x, dtype=DTYPE)
-    log_posterior.noise_scale = scale
     return theta, scale
 
 
-def _expected_weights(log_posterior: LogPosterior, theta: torch.Tensor, df: float) -> torch.Tensor:
-    """E[w_i] of each training point's t-noise precision weight given the GP at ``theta``."""
+def _expected_weights(log_posterior: LogPosterior, theta: torch.Tensor, scale: torch.Tensor,
+                      df: float) -> torch.Tensor:
+    """E[w_i] of each training point's t-noise precision weight given the GP at ``theta``
+    with per-point noise scales ``scale``."""
     d = log_posterior.d
     ls, noise, constant = theta[:d].exp(), theta[d].exp(), theta[d + 1]
-    scale = log_posterior.noise_scale
     targets = log_posterior.targets[0]
     L, _, alpha = _solve_gp(log_posterior.kernel, ls[None], log_posterior.inputs,
                             targets[None], noise[None], constant[None], scale)
