@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -224,17 +225,18 @@ def test_a_store_from_a_newer_matforge_is_refused(store_url):
 
 
 WRITER = """
-import json, sys, time, random
+import json, pathlib, sys, time, random
 from pymatgen.core import Lattice, Structure
 from matforge.engine.store import CampaignStore
-url, worker, n, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+url, worker, n, gate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
 store = CampaignStore(url)
 cid = store.campaign_id("shared")
 fps = [f"fp{i:03d}" for i in range(n)]
 random.Random(worker).shuffle(fps)
 structure = Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
-while time.time() < start:
-    time.sleep(0.01)
+(gate / f"ready{worker}").touch()
+while not (gate / "go").exists():
+    time.sleep(0.005)
 won = []
 for fp in fps:
     claim = store.claim(cid, 0, structure, fp, "test", "emt", {"fmax": 0.1})
@@ -245,15 +247,25 @@ print(json.dumps(won))
 """
 
 
-def run_concurrent_writers(url: str, n_workers: int = 4, n_candidates: int = 60) -> list[list[str]]:
-    """Start ``n_workers`` processes that claim and complete the same candidates at once."""
+def run_concurrent_writers(url: str, gate: Path, n_workers: int = 4,
+                           n_candidates: int = 60) -> list[list[str]]:
+    """Start ``n_workers`` processes that claim and complete the same candidates at once.
+
+    Each worker imports, connects and then waits at a gate (files in ``gate``) that opens
+    only when all are ready, so a slow start under load cannot serialize them.
+    """
     CampaignStore(url).campaign_id("shared", {"name": "shared"})
-    start = time.time() + 6.0  # after every worker has imported pymatgen and connected
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, url, str(w), str(n_candidates), str(start)],
+        subprocess.Popen([sys.executable, "-c", WRITER, url, str(w), str(n_candidates), str(gate)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for w in range(n_workers)
     ]
+    deadline = time.time() + 180
+    while len(list(gate.glob("ready*"))) < n_workers:
+        assert time.time() < deadline, "the writer processes never became ready"
+        assert all(p.poll() is None for p in procs), "a writer process exited before the gate opened"
+        time.sleep(0.01)
+    (gate / "go").touch()
     outputs = []
     for p in procs:
         out, err = p.communicate(timeout=180)
@@ -278,7 +290,7 @@ def check_concurrent_writes(url: str, won: list[list[str]], n_candidates: int = 
 
 
 @pytest.mark.slow
-def test_four_processes_writing_one_campaign_lose_and_duplicate_nothing(store_url):
-    won = run_concurrent_writers(store_url)
+def test_four_processes_writing_one_campaign_lose_and_duplicate_nothing(store_url, tmp_path):
+    won = run_concurrent_writers(store_url, tmp_path)
     check_concurrent_writes(store_url, won)
     assert sum(bool(w) for w in won) >= 2  # they really did write at the same time
