@@ -37,6 +37,7 @@ _SAMPLER_STEPS = 30
 _SAMPLER_STEP = 0.25
 """Random-walk Metropolis: steps per chain and proposal width in log-hyperparameter units."""
 LIKELIHOODS = ("gaussian", "student_t")
+MEASUREMENT_NOISES = ("likelihood", "empirical")
 STUDENT_T_DF = 4.0
 """Degrees of freedom of the Student-t noise: tails heavy enough that a stray
 replicate is discounted, light enough that a consistent trend is not (Jylänki et al. 2011)."""
@@ -89,6 +90,14 @@ class GPSurrogate:
     the t fit's per-point noise fixed), which the BoTorch acquisitions use. The
     sparse GP has Gaussian noise and no mixture.
 
+    ``measurement_noise="empirical"`` gives a new measurement the noise the fit
+    actually left: the empirical distribution of its residuals
+    (:func:`residual_nodes`) instead of the likelihood's symmetric one. Lab
+    noise is often one-sided (a failed sample only ever measures low; a lucky
+    run only high), and ``ptop`` and ``predict_interval`` then see that shape:
+    no chance of a lucky outlier where none has been seen, and a real chance
+    where it has.
+
     Parameters
     ----------
     kernel : "matern" (Matérn-5/2) or "rbf"
@@ -101,6 +110,8 @@ class GPSurrogate:
     sample_max : largest training set whose hyperparameters are sampled
     likelihood : "gaussian" (default) or "student_t" measurement noise
     df : degrees of freedom of the Student-t noise
+    measurement_noise : "likelihood" (default) or "empirical", the noise of a new
+        measurement in ``mixture_`` (exact GPs only)
     warm_start : start the hyperparameter search from the previous fit's values
         when refitting on data with the same columns (faster sequential refits)
     random_state : seed of the optimizer's restarts and the inducing points
@@ -117,10 +128,12 @@ class GPSurrogate:
         sample_max: int = SAMPLE_MAX,
         likelihood: str = "gaussian",
         df: float = STUDENT_T_DF,
+        measurement_noise: str = "likelihood",
         random_state: int | None = None,
     ):
         self.likelihood = likelihood
         self.df = df
+        self.measurement_noise = measurement_noise
         self.kernel = kernel
         self.y_transform = y_transform
         self.exact_max = exact_max
@@ -149,6 +162,11 @@ class GPSurrogate:
             raise ValueError(f"X has shape {X.shape} but y has {len(y)} values")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.measurement_noise not in MEASUREMENT_NOISES:
+            raise ValueError(
+                f"measurement_noise must be one of {MEASUREMENT_NOISES}, "
+                f"got {self.measurement_noise!r}"
+            )
         if isinstance(self.df, bool) or not (isinstance(self.df, (int, float)) and self.df > 0):
             raise ValueError(f"df (Student-t degrees of freedom) must be positive, got {self.df!r}")
         if isinstance(self.hyperparameter_samples, bool) or not (
@@ -222,15 +240,18 @@ class GPSurrogate:
                 self.model_ = _with_point_noise(
                     model, train_X, train_Y, theta, self.noise_scale_, self.kernel, len(keep)
                 )
+            residuals = None
+            if self.measurement_noise == "empirical":
+                residuals = residual_nodes(log_posterior, theta, self.noise_scale_)
             if self.hyperparameter_samples and len(y) <= self.sample_max:
                 self.mixture_ = HyperparameterMixture.sample(
                     model, train_X, self.kernel, int(self.hyperparameter_samples),
                     seed=0 if self.random_state is None else self.random_state,
-                    theta=theta, noise_scale=self.noise_scale_, df=df,
+                    theta=theta, noise_scale=self.noise_scale_, df=df, residuals=residuals,
                 )
             if self.mixture_ is None:
                 self.mixture_ = HyperparameterMixture.single(
-                    model, train_X, self.kernel, theta, self.noise_scale_, df
+                    model, train_X, self.kernel, theta, self.noise_scale_, df, residuals
                 )
         self.keep_ = keep
         self.n_features_in_ = X.shape[1]
@@ -330,13 +351,18 @@ class HyperparameterMixture:
     freedom and scale ``noise[k]``: ``moments(observation_noise=True, tails=True)``
     returns it as an equal mixture of normals, each component split at
     :data:`_T_NODES` equal-probability quantiles of the t's precision (a Gamma
-    scale mixture). Training targets may differ per component (``targets`` :
+    scale mixture). With ``residuals`` = (nodes (G,), width) from
+    :func:`residual_nodes`, a new measurement's noise is instead the fit's
+    empirical residual distribution, whatever its shape (skewed, one-sided):
+    ``moments(observation_noise=True)`` returns component k's mean plus each node,
+    with its variance plus ``width``, (S * G, m), with or without ``tails``.
+    Training targets may differ per component (``targets`` :
     (S, n)), which is how :meth:`condition_on_mean` lets each component believe
     its own prediction.
     """
 
     def __init__(self, input_transform, shift, scale, inputs, targets, kernel, lengthscale, noise,
-                 constant, noise_scale=None, df=None):
+                 constant, noise_scale=None, df=None, residuals=None):
         self._input_transform, self._shift, self._scale = input_transform, shift, scale
         self.inputs, self.targets = inputs, targets
         self.kernel, self.lengthscale = kernel, lengthscale
@@ -345,6 +371,7 @@ class HyperparameterMixture:
             noise_scale = torch.ones(len(inputs), dtype=DTYPE)
         self.noise_scale = noise_scale
         self.df = df
+        self.residuals = residuals
         with torch.no_grad():
             self._cholesky, info, self._alpha = _solve_gp(
                 kernel, lengthscale, inputs, targets, noise, constant, self.noise_scale, jitter=1e-8
@@ -359,29 +386,29 @@ class HyperparameterMixture:
         return len(self.noise)
 
     @classmethod
-    def _build(cls, model, inputs, targets, kernel, theta, noise_scale, df):
+    def _build(cls, model, inputs, targets, kernel, theta, noise_scale, df, residuals):
         d = inputs.shape[-1]
         return cls(
             model.input_transform,
             model.outcome_transform.means.reshape(()).detach(),
             model.outcome_transform.stdvs.reshape(()).detach(),
             inputs, targets.expand(len(theta), -1).clone(), kernel,
-            theta[:, :d].exp(), theta[:, d].exp(), theta[:, d + 1], noise_scale, df,
+            theta[:, :d].exp(), theta[:, d].exp(), theta[:, d + 1], noise_scale, df, residuals,
         )
 
     @classmethod
-    def single(cls, model, train_X, kernel, theta=None, noise_scale=None, df=None):
+    def single(cls, model, train_X, kernel, theta=None, noise_scale=None, df=None, residuals=None):
         """The one-component mixture at hyperparameters ``theta`` (default: ``model``'s own)."""
         log_posterior = LogPosterior(model, train_X, kernel, noise_scale)
         theta = log_posterior.start if theta is None else theta
         return cls._build(model, log_posterior.inputs, log_posterior.targets, kernel,
-                          theta.reshape(1, -1), noise_scale, df)
+                          theta.reshape(1, -1), noise_scale, df, residuals)
 
     @classmethod
     def sample(
         cls, model, train_X: torch.Tensor, kernel: str, n_samples: int, seed: int = 0,
         theta: torch.Tensor | None = None, noise_scale: torch.Tensor | None = None,
-        df: float | None = None,
+        df: float | None = None, residuals=None,
     ) -> HyperparameterMixture | None:
         """Hyperparameter samples of an exact ``SingleTaskGP`` fitted by MAP.
 
@@ -409,21 +436,25 @@ class HyperparameterMixture:
                 theta = torch.where(accept[:, None], proposal, theta)
                 current = torch.where(accept, proposed, current)
         return cls._build(model, log_posterior.inputs, log_posterior.targets, kernel, theta,
-                          noise_scale, df)
+                          noise_scale, df, residuals)
 
     def _standardized(self, U: torch.Tensor, observation_noise: bool, tails: bool = False):
         """Each component's mean and std at already transformed inputs U, standardized scale.
 
-        Shapes (S, m); (S * _T_NODES, m) for a Student-t measurement with its tails
-        (``observation_noise`` and ``tails`` with ``df`` set), component k's nodes in
-        rows k * _T_NODES onwards.
+        Shapes (S, m); (S * G, m) for a new measurement with empirical noise (G
+        residual nodes) or for a Student-t one with its tails (G = _T_NODES;
+        ``tails`` with ``df`` set), component k's nodes in rows k * G onwards.
         """
         with torch.no_grad():
             cross = kernel_matrix(self.kernel, self.lengthscale, self.inputs, U)  # (S, n, m)
             mean = self.constant[:, None] + (cross * self._alpha).sum(-2)
             v = torch.linalg.solve_triangular(self._cholesky, cross, upper=False)
             var = (1.0 - (v**2).sum(-2)).clamp_min(1e-12)
-            if observation_noise and tails and self.df is not None:
+            if observation_noise and self.residuals is not None:
+                nodes, width = self.residuals
+                var = (var + width).repeat_interleave(len(nodes), dim=0)
+                mean = (mean[:, None, :] + nodes[None, :, None]).reshape(var.shape)
+            elif observation_noise and tails and self.df is not None:
                 spread = self.noise[:, None] / _precision_nodes(self.df)  # (S, G)
                 var = (var[:, None, :] + spread[:, :, None]).reshape(-1, var.shape[-1])
                 mean = mean.repeat_interleave(_T_NODES, dim=0)
@@ -438,7 +469,9 @@ class HyperparameterMixture:
         ``observation_noise`` adds each component's noise level: the spread of a
         typical new measurement. With Student-t noise (``df`` set), ``tails`` adds
         the t itself instead, as :data:`_T_NODES` normals per component, (S * _T_NODES, m):
-        the spread of any new measurement, outliers included.
+        the spread of any new measurement, outliers included. With empirical
+        noise (``residuals`` set), ``observation_noise`` adds that, as G normals
+        per component, (S * G, m).
         """
         with torch.no_grad():
             U = self._input_transform(X)
@@ -456,6 +489,7 @@ class HyperparameterMixture:
             torch.cat([self.inputs, U]), torch.cat([self.targets, mean], dim=-1),
             self.kernel, self.lengthscale, self.noise, self.constant,
             torch.cat([self.noise_scale, torch.ones(len(U), dtype=DTYPE)]), self.df,
+            self.residuals,
         )
 
 
@@ -554,21 +588,56 @@ def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS
     return theta, scale
 
 
+def _fit_at_data(log_posterior: LogPosterior, theta: torch.Tensor, scale: torch.Tensor | None):
+    """The GP at ``theta`` (per-point noise scales ``scale``) at its own training points:
+    residuals y_i - E[f_i] and posterior variances of f_i, (n,) each, and the noise level."""
+    d = log_posterior.d
+    ls, noise, constant = theta[:d].exp(), theta[d].exp(), theta[d + 1]
+    with torch.no_grad():
+        L, _, alpha = _solve_gp(log_posterior.kernel, ls[None], log_posterior.inputs,
+                                log_posterior.targets, noise[None], constant[None], scale)
+        point_noise = noise * (1.0 if scale is None else scale)
+        # posterior of f at the training points: mean y - N alpha, variance N - N^2 diag((K+N)^-1)
+        residual = point_noise * alpha[0, :, 0]
+        inverse_diagonal = torch.cholesky_inverse(L[0]).diagonal()
+        variance = (point_noise - point_noise**2 * inverse_diagonal).clamp_min(0)
+    return residual, variance, noise
+
+
 def _expected_weights(log_posterior: LogPosterior, theta: torch.Tensor, scale: torch.Tensor,
                       df: float) -> torch.Tensor:
     """E[w_i] of each training point's t-noise precision weight given the GP at ``theta``
     with per-point noise scales ``scale``."""
-    d = log_posterior.d
-    ls, noise, constant = theta[:d].exp(), theta[d].exp(), theta[d + 1]
-    targets = log_posterior.targets[0]
-    L, _, alpha = _solve_gp(log_posterior.kernel, ls[None], log_posterior.inputs,
-                            targets[None], noise[None], constant[None], scale)
-    point_noise = noise * scale
-    # posterior of f at the training points: mean y - N alpha, variance N - N^2 diag((K+N)^-1)
-    residual = point_noise * alpha[0, :, 0]
-    inverse_diagonal = torch.cholesky_inverse(L[0]).diagonal()
-    variance = (point_noise - point_noise**2 * inverse_diagonal).clamp_min(0)
+    residual, variance, noise = _fit_at_data(log_posterior, theta, scale)
     return (df + 1) / (df + (residual**2 + variance) / noise)
+
+
+_RESIDUAL_NODES = 16
+
+
+def residual_nodes(log_posterior: LogPosterior, theta: torch.Tensor, scale=None):
+    """The empirical distribution of a GP fit's residuals, for the noise of a new measurement.
+
+    The residuals y_i - E[f_i] at hyperparameters ``theta`` (per-point noise
+    scales ``scale``), standardized scale, summarized as at most
+    :data:`_RESIDUAL_NODES` nodes: the means of equal-probability bins of their
+    empirical distribution (all of them when there are no more). Returns the
+    nodes (G,) and a kernel width: the mean posterior variance of f at the
+    data, the part of each measurement's noise that its residual does not show
+    (the fit follows the data by that much). A new measurement is then the
+    equal mixture of N(f + node, var_f + width).
+    """
+    residual, variance, _ = _fit_at_data(log_posterior, theta, scale)
+    residual = torch.sort(residual).values
+    n, G = len(residual), _RESIDUAL_NODES
+    if n <= G:
+        return residual, variance.mean()
+    # node g averages the residuals over probabilities [g / G, (g + 1) / G)
+    edges = torch.arange(n + 1, dtype=DTYPE) / n
+    bins = torch.arange(G + 1, dtype=DTYPE) / G
+    overlap = (torch.minimum(edges[None, 1:], bins[1:, None])
+               - torch.maximum(edges[None, :-1], bins[:-1, None])).clamp_min(0)
+    return (overlap * G) @ residual, variance.mean()
 
 
 def _precision_nodes(df: float) -> torch.Tensor:

@@ -161,6 +161,36 @@ def test_student_t_intervals_cover_heavy_tailed_held_out_measurements():
     assert 0.85 <= inside <= 0.95, inside
 
 
+def _one_sided(seed: int):
+    """Designs measured 3 times; 1 sample in 8 fails and measures 1.5 low, none measures high."""
+    rng = np.random.default_rng(seed)
+    X = np.repeat(np.random.default_rng(0).random((40, 2)), 3, axis=0)
+    f = np.sin(3 * X[:, 0]) + X[:, 1]
+    y = f + 0.05 * rng.normal(size=len(f)) - 1.5 * (rng.random(len(f)) < 0.125)
+    return X, y, f
+
+
+def test_empirical_measurement_noise_keeps_one_sided_failures_one_sided():
+    X, y, f = _one_sided(seed=1)
+    kw = dict(random_state=0, y_transform="none", likelihood="student_t")
+    empirical = GPSurrogate(measurement_noise="empirical", **kw).fit(X, y)
+    symmetric = GPSurrogate(**kw).fit(X, y)
+    for model, one_sided in [(empirical, True), (symmetric, False)]:
+        lo, hi = model.predict_interval(X, level=0.9)
+        centre = model.predict(X)
+        below, above = np.median(centre - lo), np.median(hi - centre)
+        if one_sided:  # reaches down to the failures, and barely up
+            assert below > 1.0 and above < 0.3, (below, above)
+        else:
+            assert abs(below - above) < 0.05 * (below + above), (below, above)
+    # new measurements of the same designs fall inside the empirical intervals at
+    # about their level
+    _, y_new, _ = _one_sided(seed=2)
+    lo, hi = empirical.predict_interval(X, level=0.9)
+    inside = np.mean((y_new >= lo) & (y_new <= hi))
+    assert 0.8 <= inside <= 0.97, inside
+
+
 def test_kernel_matrix_is_gpytorchs_matern_and_rbf():
     import torch
     from gpytorch.kernels import MaternKernel, RBFKernel
@@ -211,6 +241,7 @@ def test_mixture_intervals_cover_held_out_measurements():
         ({"hyperparameter_samples": 2.5}, np.eye(2), np.ones(2), "hyperparameter_samples"),
         ({"likelihood": "laplace"}, np.eye(2), np.ones(2), "likelihood"),
         ({"df": 0}, np.eye(2), np.ones(2), "df"),
+        ({"measurement_noise": "tails"}, np.eye(2), np.ones(2), "measurement_noise"),
     ],
 )
 def test_bad_input_is_named(kwargs, X, y, needle):
