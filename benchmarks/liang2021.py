@@ -87,11 +87,11 @@ def random_pick(X_train, y_train, X_pool, n, maximize=True, seed=0):
     return np.random.default_rng(seed).choice(len(X_pool), size=n, replace=False)
 
 
-def chooser(name: str, params: dict | None = None):
+def chooser(name: str, budget: int, params: dict | None = None):
     if name == "default":
         from matforge.engine.strategy import Strategy
 
-        return Strategy(surrogate_params=params or {}).chooser()
+        return Strategy(surrogate_params=params or {}, budget=budget).chooser()
     return {"random": random_pick, "rf-lcb": rf_lcb, "gp-ucb": gp_ucb}[name]
 
 
@@ -112,7 +112,7 @@ def one_run(args) -> dict:
     done = lambda picks: experiments_to_find(picks, top, max(SHARES)) is not None  # noqa: E731
     t0 = time.perf_counter()
     picks = run_pool_campaign(
-        X, table, chooser(strategy, params), budget, maximize=maximize, n_init=2, batch_size=1,
+        X, table, chooser(strategy, budget, params), budget, maximize=maximize, n_init=2, batch_size=1,
         seed=repeat, stop=done,
     )
     assert max(table.calls.values()) == 1, "a row was measured twice"

@@ -120,6 +120,7 @@ def strategy(config: CampaignConfig) -> Strategy:
         beta=config.acquisition.beta,
         top_share=config.acquisition.top_share,
         surrogate_params=dict(config.surrogate.parameters),
+        budget=config.budget,
     )
 
 

@@ -116,7 +116,9 @@ class AcquisitionSettings(_Section):
     beta: float = Field(1.0, ge=0, le=100, description="exploration weight of ucb and pucb")
     top_share: float = Field(
         0.05, gt=0, lt=1,
-        description="share of all candidates ptop aims for: the best 5 % by default",
+        description="share of all candidates ptop aims for, the best 5 % by default; where "
+                    "candidates and results outnumber the budget, the share of as many rows "
+                    "as the budget can measure",
     )
 
 

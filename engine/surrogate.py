@@ -110,7 +110,7 @@ class GPSurrogate:
     sample_max : largest training set whose hyperparameters are sampled
     likelihood : "gaussian" (default) or "student_t" measurement noise
     df : degrees of freedom of the Student-t noise
-    measurement_noise : "likelihood" (default) or "empirical", the noise of a new
+    measurement_noise : "empirical" (default) or "likelihood", the noise of a new
         measurement in ``mixture_`` (exact GPs only)
     warm_start : start the hyperparameter search from the previous fit's values
         when refitting on data with the same columns (faster sequential refits)
@@ -128,7 +128,7 @@ class GPSurrogate:
         sample_max: int = SAMPLE_MAX,
         likelihood: str = "gaussian",
         df: float = STUDENT_T_DF,
-        measurement_noise: str = "likelihood",
+        measurement_noise: str = "empirical",
         random_state: int | None = None,
     ):
         self.likelihood = likelihood

@@ -207,9 +207,9 @@ def cmd_benchmark_pool(args) -> int:
         return _fail(f"--init {args.init} is larger than the budget or the table ({len(pool)} rows)")
     try:
         strategy = (
-            Strategy() if args.strategy == "default"
+            Strategy(budget=args.budget) if args.strategy == "default"
             else Strategy(acquisition="random") if args.strategy == "random"
-            else Strategy(*args.strategy.split(":", 1))
+            else Strategy(*args.strategy.split(":", 1), budget=args.budget)
         )
     except (ValueError, TypeError) as error:
         return _fail(f"--strategy {args.strategy!r}: {error} "

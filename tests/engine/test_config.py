@@ -66,3 +66,4 @@ def test_surrogate_and_acquisition_choices():
     config = parse_config({"name": "c", "elements": ["Cu"],
                            "acquisition": {"kind": "ptop", "top_share": 0.1}})
     assert campaign_strategy(config).top_share == 0.1
+    assert campaign_strategy(config).budget == config.budget  # ptop aims by what it can spend

@@ -174,7 +174,7 @@ def test_empirical_measurement_noise_keeps_one_sided_failures_one_sided():
     X, y, f = _one_sided(seed=1)
     kw = dict(random_state=0, y_transform="none", likelihood="student_t")
     empirical = GPSurrogate(measurement_noise="empirical", **kw).fit(X, y)
-    symmetric = GPSurrogate(**kw).fit(X, y)
+    symmetric = GPSurrogate(measurement_noise="likelihood", **kw).fit(X, y)
     for model, one_sided in [(empirical, True), (symmetric, False)]:
         lo, hi = model.predict_interval(X, level=0.9)
         centre = model.predict(X)
