@@ -82,21 +82,24 @@ class GPSurrogate:
     and predicts with the equal mixture of the GPs they define (``mixture_``, a
     :class:`HyperparameterMixture`): a cheap fully Bayesian GP. Above it
     ``mixture_`` is the MAP fit alone. ``predict`` and ``predict_interval``
-    report the mixture (``predict_interval`` a new measurement with the t's
-    tails; ``predict`` with ``observation_noise`` a typical one, at the noise
-    level); the ``ptop`` acquisition scores it (a typical measurement, so it
-    aims for designs that reliably land in the top, not for lucky outliers);
+    report the mixture, and the ``ptop`` acquisition scores it: a new
+    measurement with the empirical noise below, by default. (With
+    ``measurement_noise="likelihood"``, ``predict_interval`` gives a new
+    measurement with the t's tails, while ``predict`` with ``observation_noise``
+    and ``ptop`` give a typical one, at the noise level, so that ``ptop`` aims for
+    designs that reliably land in the top, not for lucky outliers.)
     ``model_`` is the MAP fit as a BoTorch model (with
     the t fit's per-point noise fixed), which the BoTorch acquisitions use. The
     sparse GP has Gaussian noise and no mixture.
 
-    ``measurement_noise="empirical"`` gives a new measurement the noise the fit
-    actually left: the empirical distribution of its residuals
-    (:func:`residual_nodes`) instead of the likelihood's symmetric one. Lab
-    noise is often one-sided (a failed sample only ever measures low; a lucky
-    run only high), and ``ptop`` and ``predict_interval`` then see that shape:
-    no chance of a lucky outlier where none has been seen, and a real chance
-    where it has.
+    A new measurement gets the noise the fit actually left
+    (``measurement_noise="empirical"``, the default): the empirical
+    distribution of its residuals (:func:`residual_nodes`), not the
+    likelihood's symmetric noise (``"likelihood"``). Lab noise is often
+    one-sided (a failed sample only ever measures low; a lucky run only high),
+    and ``ptop`` and ``predict_interval`` then see that shape: no chance of a
+    lucky outlier where none has been seen, and a real chance where it has. On
+    noise-free data (DFT) the residuals are near zero, and so is this noise.
 
     Parameters
     ----------
