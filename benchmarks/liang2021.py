@@ -112,8 +112,8 @@ def one_run(args) -> dict:
     done = lambda picks: experiments_to_find(picks, top, max(SHARES)) is not None  # noqa: E731
     t0 = time.perf_counter()
     picks = run_pool_campaign(
-        X, table, chooser(strategy, budget, params), budget, maximize=maximize, n_init=2, batch_size=1,
-        seed=repeat, stop=done,
+        X, table, chooser(strategy, budget, params), budget, maximize=maximize, n_init=2,
+        batch_size=1, seed=repeat, stop=done,
     )
     assert max(table.calls.values()) == 1, "a row was measured twice"
     found = {s: experiments_to_find(picks, top, s) for s in SHARES}
