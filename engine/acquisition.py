@@ -23,6 +23,7 @@ from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
 from torch import Tensor
 
 from matforge.engine.surrogate import DTYPE, HyperparameterMixture, as_tensor
+from matforge.engine.validation import positive_int
 
 ACQUISITIONS = ("ptop", "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
 """Acquisition kinds :func:`select_batch` knows."""
@@ -274,11 +275,15 @@ def top_threshold(
     return brentq(excess, lo, hi, xtol=1e-9)
 
 
-def _log_probability_of_top(conditioned, choices, extra, observed, share, sign, p=None, p_observed=None):
+def _log_probability_of_top(
+    conditioned, choices, extra, observed, share, sign, p=None, p_observed=None, budget=None
+):
     """log P(a new measurement at each choice lands in the top ``share`` of all rows).
 
     The rows are the choices, ``extra`` (pending evaluations, or None) and the
-    ``observed`` objective values (already signed, in the model's scale). With
+    ``observed`` objective values (already signed, in the model's scale). Where
+    they outnumber ``budget``, the top is that share of as many rows as the
+    budget can measure: the best ``share * budget`` rows. With
     feasibility probabilities ``p`` (choices and extra) and ``p_observed``, the
     top is the top of the rows more likely feasible than not; the caller
     multiplies by P(feasible). (Counting every row by its probability instead
@@ -294,7 +299,8 @@ def _log_probability_of_top(conditioned, choices, extra, observed, share, sign, 
     w = None if p is None else (p.numpy() >= 0.5).astype(float)
     w_obs = None if p_observed is None else (np.asarray(p_observed, float) >= 0.5).astype(float)
     total = (len(rows) if w is None else w.sum()) + (len(observed) if w_obs is None else w_obs.sum())
-    tau = top_threshold(mean, std, observed, share * total, w, w_obs)
+    count = share * (total if budget is None else min(total, budget))
+    tau = top_threshold(mean, std, observed, count, w, w_obs)
     # the log keeps far-off candidates ranked where P itself underflows to 0; a
     # mixture's P is the mean of its components'
     log_p = logsumexp(norm.logsf((tau - mean) / std), axis=0) - np.log(len(mean))
@@ -423,6 +429,7 @@ def select_batch(
     beta: float = 2.0,
     constraint: Callable[[np.ndarray], np.ndarray] | float | None = None,
     top_share: float = TOP_SHARE,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Choose a batch of distinct rows from the pool.
 
@@ -441,6 +448,13 @@ def select_batch(
       (Garnett et al. 2012): it explores while nothing predicted clears the
       threshold and re-measures candidates that confidently do. Batches
       condition on each pick's mean before the next. matforge's default.
+      Where the rows outnumber ``budget``, the evaluations the campaign may
+      spend in all, the top is ``top_share`` of as many rows as the budget can
+      measure (the best ``top_share * budget`` rows): a campaign that can
+      measure a seventh of a pool and aims for 5 % of all of it counts rows
+      just above that bar as wins and spends its budget re-measuring them;
+      aiming higher makes it look for the candidates whose upside is large,
+      which on a large pool finds more top rows (``benchmarks/README.md``).
     - ``"pucb"``: upper confidence bound of a new *measurement*: posterior mean
       plus ``sqrt(beta)`` times the predictive standard deviation, learned noise
       included. With noisy, replicated data this keeps re-measuring promising
@@ -497,6 +511,8 @@ def select_batch(
     pending : array of shape (n_pending, n_features), rows still being evaluated
     beta : exploration weight of ``ucb`` and ``pucb``
     top_share : share of all rows that ``ptop`` counts as the top, in (0, 1)
+    budget : evaluations the campaign may spend in all (None: unlimited), which
+        ``ptop`` aims by where the rows outnumber it
     constraint : callable giving P(feasible) per row, a bound on the model's second
         output, or None
 
@@ -510,8 +526,9 @@ def select_batch(
         raise ValueError(
             f"unknown acquisition kind {kind!r}; known kinds: {', '.join(ACQUISITIONS)}"
         )
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
+    if budget is not None:
+        positive_int("budget", budget)
     if not beta >= 0:
         raise ValueError(f"beta must be non-negative, got {beta!r}")
     if not 0 < top_share < 1:
@@ -575,7 +592,8 @@ def select_batch(
 
                 def score_of(conditioned):
                     return log_p + _log_probability_of_top(
-                        conditioned, choices, pending_t, observed, top_share, sign, p_rows, p_observed
+                        conditioned, choices, pending_t, observed, top_share, sign, p_rows,
+                        p_observed, budget,
                     )
 
                 # a GP's hyperparameter mixture where it has one, else its model

@@ -24,6 +24,7 @@ from pymatgen.core import Composition, Element
 from matforge.engine.acquisition import to_model_scale
 from matforge.engine.generate import Candidate, DecorationGenerator
 from matforge.engine.surrogate import DTYPE
+from matforge.engine.validation import positive_int
 
 INVERSE_ACQUISITIONS = ("qlogei", "ucb")
 """Acquisitions :func:`optimize_fractions` can maximize."""
@@ -39,12 +40,6 @@ def _check_elements(elements: Sequence[str]) -> list[str]:
     if len(set(elements)) != len(elements):
         raise ValueError(f"elements has repeats: {elements}")
     return elements
-
-
-def _check_max_atoms(max_atoms) -> int:
-    if isinstance(max_atoms, bool) or int(max_atoms) != max_atoms or max_atoms < 1:
-        raise ValueError(f"max_atoms must be an integer >= 1, got {max_atoms!r}")
-    return int(max_atoms)
 
 
 def largest_remainder_counts(fractions: np.ndarray, total: int) -> np.ndarray:
@@ -101,7 +96,7 @@ def snap_to_stoichiometry(
     compositions : list of at most n_vectors pymatgen ``Composition``
     """
     elements = _check_elements(elements)
-    max_atoms = _check_max_atoms(max_atoms)
+    max_atoms = positive_int("max_atoms", max_atoms)
     F = np.asarray(fractions, dtype=float)
     if F.ndim == 1:
         F = F[None, :]
@@ -182,8 +177,7 @@ def optimize_fractions(
         raise ValueError(
             f"unknown acquisition kind {kind!r}; known kinds: {', '.join(INVERSE_ACQUISITIONS)}"
         )
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive_int("n", n)
     model = getattr(surrogate, "model_", None)
     if model is None:
         raise ValueError(f"{type(surrogate).__name__} exposes no fitted BoTorch model as `model_`")
@@ -271,7 +265,7 @@ def optimize_composition(
     totals, max_species : as in :func:`snap_to_stoichiometry`
     """
     elements = _check_elements(elements)
-    max_atoms = _check_max_atoms(max_atoms)
+    max_atoms = positive_int("max_atoms", max_atoms)
     fractions, _ = optimize_fractions(
         surrogate, len(elements), y_train, n, maximize, seed,
         kind=kind, beta=beta, num_restarts=num_restarts, raw_samples=raw_samples,

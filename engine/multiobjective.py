@@ -22,6 +22,7 @@ from botorch.utils.multi_objective.pareto import is_non_dominated
 
 from matforge.engine.acquisition import _rows_to_indices, rows_not_pending, to_model_scale
 from matforge.engine.surrogate import DTYPE, as_tensor
+from matforge.engine.validation import positive_int
 
 
 def _signs(maximize: bool | Sequence[bool], n_objectives: int) -> np.ndarray:
@@ -184,11 +185,6 @@ def _log_nehvi(model, ref_signed, signs, X_train, pending, num_samples: int, see
     )
 
 
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
 def select_pareto_batch(
     surrogates,
     X_pool: np.ndarray,
@@ -233,7 +229,7 @@ def select_pareto_batch(
     values : array of shape (batch_size,), the log hypervolume improvement of
         each pick given the earlier picks and the pending rows
     """
-    _check_batch_size(batch_size)
+    positive_int("batch_size", batch_size)
     X_pool = np.asarray(X_pool, dtype=float)
     if X_pool.ndim != 2 or len(X_pool) == 0 or not np.isfinite(X_pool).all():
         raise ValueError(f"X_pool must be a non-empty finite 2-D array, got shape {X_pool.shape}")
@@ -289,7 +285,7 @@ def optimize_pareto_batch(
     values : array of shape (batch_size,), the log hypervolume improvement of each
         point given the earlier ones and the pending rows
     """
-    _check_batch_size(batch_size)
+    positive_int("batch_size", batch_size)
     bounds = np.asarray(bounds, dtype=float)
     if bounds.ndim != 2 or bounds.shape[0] != 2 or not (bounds[0] < bounds[1]).all():
         raise ValueError(

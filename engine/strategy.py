@@ -20,6 +20,7 @@ from matforge.engine.acquisition import (
 )
 from matforge.engine.model_selection import make_surrogate
 from matforge.engine.surrogate import GPSurrogate
+from matforge.engine.validation import positive_int
 
 MIN_TRAINING = 2
 """Fewest results before the surrogate takes over from spread-out random picks (a GP
@@ -78,11 +79,7 @@ class Strategy:
     budget : evaluations the campaign may spend in all, or None. Where candidates,
         results and pending evaluations together outnumber it, ``ptop`` aims for
         the top ``top_share`` of as many rows as the budget can measure, the
-        best ``top_share * budget`` rows (:meth:`aimed_share`). A campaign that
-        can measure a seventh of a pool and aims for 5 % of all of it counts
-        rows just above that bar as wins, and spends its budget re-measuring
-        them; aiming higher makes it look for the candidates whose upside is
-        large, which on a large pool finds more top rows (``benchmarks/README.md``).
+        best ``top_share * budget`` rows (see ``select_batch``).
     """
 
     surrogate: str = DEFAULT_SURROGATE
@@ -98,18 +95,8 @@ class Strategy:
                 f"unknown acquisition {self.acquisition!r}; known: random, {', '.join(ACQUISITIONS)}"
             )
         make_surrogate(self.surrogate, **self.surrogate_params)  # fails early on a bad name
-        budget = self.budget
-        if budget is not None and not (
-            isinstance(budget, (int, np.integer)) and not isinstance(budget, bool) and budget >= 1
-        ):
-            raise ValueError(f"budget must be a whole number >= 1 (or None), got {budget!r}")
-
-    def aimed_share(self, n_rows: int) -> float:
-        """The share of ``n_rows`` rows (candidates, results, pending) that ``ptop`` aims for:
-        ``top_share``, shrunk by budget / n_rows where the rows outnumber the budget."""
-        if self.budget is None or n_rows <= self.budget:
-            return self.top_share
-        return self.top_share * self.budget / n_rows
+        if self.budget is not None:
+            positive_int("budget", self.budget)
 
     @property
     def name(self) -> str:
@@ -160,9 +147,7 @@ class Strategy:
         idx, acq = select_batch(
             model, X_pool, y_train, n, maximize=maximize, seed=seed, kind=self.acquisition,
             X_train=X_train, pending=pending, beta=self.beta, constraint=constraint,
-            top_share=self.aimed_share(
-                len(y_train) + len(X_pool) + (0 if pending is None else len(pending))
-            ),
+            top_share=self.top_share, budget=self.budget,
         )
         mean, std = model.predict(X_pool[idx], return_std=True)
         return Selection(np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train)))

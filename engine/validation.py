@@ -1,4 +1,4 @@
-"""Checks a result must pass before it can become training data.
+"""Checks of what comes in: results before they become training data, and whole-number arguments.
 
 A broken calculation (NaN energy, forces of the wrong shape, an energy no
 material has, an unconverged relaxation) must never reach the surrogate: such
@@ -17,6 +17,21 @@ MAX_ABS_ENERGY_PER_ATOM = 1.0e6
 
 MAX_ABS_FORMATION_ENERGY = 20.0
 """eV/atom; the most stable compounds known sit near -5 eV/atom."""
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int where it is a whole number >= 1 (2.0 passes; True, 2.5, "2" do not).
+
+    Raises ValueError naming ``name`` otherwise.
+    """
+    whole = (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+    )
+    if not whole or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 class ResultError(ValueError):

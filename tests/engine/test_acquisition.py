@@ -274,12 +274,9 @@ def test_a_budget_much_smaller_than_the_pool_makes_ptop_aim_higher():
     X_train = np.linspace(0.0, 0.5, 26)[:, None]  # well known up to 0.5, nothing above
     y_train = np.sin(6 * X_train[:, 0]) + 0.02 * rng.normal(size=26)
     pool = np.linspace(0, 3, 301)[:, None]
-    rows = len(pool) + len(y_train)
-    ample = Strategy(top_share=0.5, budget=rows)
-    assert ample.aimed_share(rows) == 0.5 and Strategy(top_share=0.5).aimed_share(rows) == 0.5
+    ample = Strategy(top_share=0.5, budget=len(pool) + len(y_train))
     # a budget that measures 1 row in 327 aims for the best half of that row
     scarce = Strategy(top_share=0.5, budget=1)
-    assert scarce.aimed_share(rows) == pytest.approx(0.5 / rows)
     # aiming for the best half of all rows picks the known peak; with one
     # evaluation to spend on 327 rows, a bar far above it, which only rows the
     # model knows nothing about might clear
@@ -287,6 +284,15 @@ def test_a_budget_much_smaller_than_the_pool_makes_ptop_aim_higher():
     bold = scarce.select(X_train, y_train, pool, 1, seed=0)
     assert pool[safe.indices[0], 0] <= 0.5 < 0.7 < pool[bold.indices[0], 0]
     assert safe.acquisition[0] > 0.5 > bold.acquisition[0]
+    # a budget no smaller than the rows changes nothing
+    model = ample.fit(X_train, y_train, seed=0)
+    (row,), (value,) = select_batch(model, pool, y_train, 1, kind="ptop", top_share=0.5)
+    (same,), (same_value,) = select_batch(
+        model, pool, y_train, 1, kind="ptop", top_share=0.5, budget=10**6
+    )
+    assert same == row and same_value == pytest.approx(value)
     for bad in (0, -3, 2.5, "40", True):
         with pytest.raises(ValueError, match="budget"):
             Strategy(budget=bad)
+        with pytest.raises(ValueError, match="budget"):
+            select_batch(model, pool, y_train, 1, kind="ptop", budget=bad)

@@ -10,7 +10,7 @@ from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from matforge.adapters.ase_calc import EMTEvaluator
-from matforge.engine.validation import ResultError, validate_result
+from matforge.engine.validation import ResultError, positive_int, validate_result
 
 OBJ = "formation_energy_per_atom"
 
@@ -63,3 +63,13 @@ def test_missing_objective_and_non_mapping(emt_result):
         validate_result([1, 2], n, OBJ)
     with pytest.raises(ResultError, match="no energy"):
         validate_result({"energy_per_atom": 1.0}, n, OBJ)
+
+
+def test_positive_int_takes_whole_numbers_and_names_what_it_refuses():
+    import numpy as np
+
+    assert positive_int("budget", 3) == 3 and positive_int("budget", 2.0) == 2
+    assert positive_int("budget", np.int64(7)) == 7
+    for bad in (0, -1, 2.5, float("nan"), float("inf"), "3", True, None):
+        with pytest.raises(ValueError, match=r"batch_size must be a whole number >= 1, got"):
+            positive_int("batch_size", bad)
