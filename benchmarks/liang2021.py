@@ -135,7 +135,9 @@ def coverage(path, target, minimize, params=None, seed=0) -> float:
     X, y = table.X, table.y
     inside = np.zeros(len(y), dtype=bool)
     for train, test in KFold(5, shuffle=True, random_state=seed).split(X):
-        model = Strategy(surrogate_params=params or {}).fit(X[train], y[train], seed)
+        model = Strategy(surrogate_params=params or {}).fit(
+            X[train], y[train], seed, maximize=not minimize
+        )
         lo, hi = model.predict_interval(X[test], level=0.9)
         inside[test] = (y[test] >= lo) & (y[test] <= hi)
     return float(inside.mean())

@@ -130,7 +130,9 @@ def fit_surrogate(config: CampaignConfig, X: np.ndarray, y: np.ndarray):
     The seed depends on the training size only, so a refit after a restart
     reproduces the model the interrupted run had.
     """
-    return strategy(config).fit(X, y, seed=config.seed + len(y))
+    return strategy(config).fit(
+        X, y, seed=config.seed + len(y), maximize=config.objective.is_maximized()
+    )
 
 
 def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -147,7 +149,7 @@ def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> d
     mean, std = np.empty(len(y)), np.empty(len(y))
     inside = np.zeros(len(y), dtype=bool)
     for train, test in KFold(min(5, len(y)), shuffle=True, random_state=seed).split(X):
-        model = s.fit(X[train], y[train], seed)
+        model = s.fit(X[train], y[train], seed, maximize=config.objective.is_maximized())
         if isinstance(model, GPSurrogate):
             mean[test], std[test] = model.predict(X[test], return_std=True, observation_noise=True)
             lo, hi = model.predict_interval(X[test], level=0.9)
@@ -225,9 +227,10 @@ def select_pareto(
     keep = np.isfinite(Y_train).all(axis=1)
     X, Y = X_train[keep], Y_train[keep]
     s = strategy(config)
-    surrogates = [s.fit(X, Y[:, j], seed) for j in range(Y.shape[1])]
+    flags = maximize_flags(config)
+    surrogates = [s.fit(X, Y[:, j], seed, maximize=flags[j]) for j in range(Y.shape[1])]
     idx, acq = select_pareto_batch(
-        surrogates, X_pool, Y, X, min(n, len(X_pool)), maximize=maximize_flags(config), seed=seed,
+        surrogates, X_pool, Y, X, min(n, len(X_pool)), maximize=flags, seed=seed,
     )
     mean, std = model.predict(X_pool[idx], return_std=True)
     return Selection(np.asarray(idx), mean, std, np.asarray(acq),

@@ -38,6 +38,7 @@ _SAMPLER_STEP = 0.25
 """Random-walk Metropolis: steps per chain and proposal width in log-hyperparameter units."""
 LIKELIHOODS = ("gaussian", "student_t")
 MEASUREMENT_NOISES = ("likelihood", "empirical")
+OUTLIER_SIDES = ("both", "below", "above")
 STUDENT_T_DF = 4.0
 """Degrees of freedom of the Student-t noise: tails heavy enough that a stray
 replicate is discounted, light enough that a consistent trend is not (Jylänki et al. 2011)."""
@@ -66,8 +67,11 @@ class GPSurrogate:
     widens the noise of every measurement, while a t (fitted by EM,
     :func:`fit_student_t`) gives that replicate a small weight and keeps the
     noise of the rest at their own level (``noise_scale_`` holds each training
-    point's noise relative to it). It is not the default: on the benchmark
-    pools it helped on one and hurt on another (``benchmarks/README.md``).
+    point's noise relative to it). ``outliers`` keeps the t to one side of the
+    trend: a campaign's default GP (``engine/strategy.py``) lets only
+    measurements on the worse side of its goal be outliers, because the
+    symmetric t also discounts the lucky replicates a campaign is looking for
+    (``benchmarks/README.md``). This class's own default stays Gaussian.
     Inputs are normalized to the unit
     cube (constant columns are dropped) and outcomes standardized inside the
     model. Above ``exact_max`` training points a sparse GP (SGPR) with
@@ -113,6 +117,13 @@ class GPSurrogate:
     sample_max : largest training set whose hyperparameters are sampled
     likelihood : "gaussian" (default) or "student_t" measurement noise
     df : degrees of freedom of the Student-t noise
+    outliers : where a Student-t fit lets a measurement be an outlier: "both"
+        sides of the trend (the symmetric t), only "below" it or only "above"
+        it; on the other side the noise stays Gaussian at the fit's level. A
+        failed sample or a crashed run only ever measures worse than the
+        material is, while a lucky measurement in the good direction is what a
+        campaign looks for, so matforge's default campaign strategy puts the
+        outliers on the worse side of its goal (``engine/strategy.py``).
     measurement_noise : "empirical" (default) or "likelihood", the noise of a new
         measurement in ``mixture_`` (exact GPs only)
     warm_start : start the hyperparameter search from the previous fit's values
@@ -131,11 +142,13 @@ class GPSurrogate:
         sample_max: int = SAMPLE_MAX,
         likelihood: str = "gaussian",
         df: float = STUDENT_T_DF,
+        outliers: str = "both",
         measurement_noise: str = "empirical",
         random_state: int | None = None,
     ):
         self.likelihood = likelihood
         self.df = df
+        self.outliers = outliers
         self.measurement_noise = measurement_noise
         self.kernel = kernel
         self.y_transform = y_transform
@@ -170,6 +183,8 @@ class GPSurrogate:
                 f"measurement_noise must be one of {MEASUREMENT_NOISES}, "
                 f"got {self.measurement_noise!r}"
             )
+        if self.outliers not in OUTLIER_SIDES:
+            raise ValueError(f"outliers must be one of {OUTLIER_SIDES}, got {self.outliers!r}")
         if isinstance(self.df, bool) or not (isinstance(self.df, (int, float)) and self.df > 0):
             raise ValueError(f"df (Student-t degrees of freedom) must be positive, got {self.df!r}")
         if isinstance(self.hyperparameter_samples, bool) or not (
@@ -238,7 +253,8 @@ class GPSurrogate:
             log_posterior = LogPosterior(model, train_X, self.kernel)
             theta, df = log_posterior.start, None
             if self.likelihood == "student_t":
-                theta, self.noise_scale_ = fit_student_t(log_posterior, self.df)
+                theta, self.noise_scale_ = fit_student_t(log_posterior, self.df,
+                                                         outliers=self.outliers)
                 df = self.df
                 self.model_ = _with_point_noise(
                     model, train_X, train_Y, theta, self.noise_scale_, self.kernel, len(keep)
@@ -546,7 +562,8 @@ class LogPosterior:
         return value.masked_fill(bad | ~torch.isfinite(value), -torch.inf)
 
 
-def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS):
+def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS,
+                  outliers: str = "both"):
     """MAP hyperparameters of a GP whose noise is Student-t with ``df`` degrees of freedom.
 
     The t is a scale mixture of normals: point i's noise is N(0, noise / w_i) with
@@ -555,8 +572,11 @@ def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS
     of f (Tipping & Lawrence 2005), with a MAP fit of the hyperparameters given
     the weights, starting from ``log_posterior.start``. A replicate that
     disagrees with its neighbours gets a small weight instead of widening the
-    noise of every measurement. Returns theta (d + 2,) and the per-point noise
-    scales 1 / w_i, (n,); ``log_posterior`` keeps the last M-step's scales.
+    noise of every measurement. With ``outliers`` "below" ("above"), only a
+    point below (above) the fitted trend gets the t's weight; one on the other
+    side keeps w_i = 1, the noise level itself. Returns theta (d + 2,) and the
+    per-point noise scales 1 / w_i, (n,); ``log_posterior`` keeps the last
+    M-step's scales.
     """
     from scipy.optimize import minimize
 
@@ -568,7 +588,7 @@ def fit_student_t(log_posterior: LogPosterior, df: float, steps: int = _EM_STEPS
     scale = torch.ones(log_posterior.targets.shape[-1], dtype=DTYPE)
     for _ in range(steps):
         with torch.no_grad():
-            scale_new = 1.0 / _expected_weights(log_posterior, theta, scale, df)
+            scale_new = 1.0 / _expected_weights(log_posterior, theta, scale, df, outliers)
         converged = (scale_new.log() - scale.log()).abs().max() < 0.05
         scale = scale_new
         if converged:
@@ -608,11 +628,17 @@ def _fit_at_data(log_posterior: LogPosterior, theta: torch.Tensor, scale: torch.
 
 
 def _expected_weights(log_posterior: LogPosterior, theta: torch.Tensor, scale: torch.Tensor,
-                      df: float) -> torch.Tensor:
+                      df: float, outliers: str = "both") -> torch.Tensor:
     """E[w_i] of each training point's t-noise precision weight given the GP at ``theta``
-    with per-point noise scales ``scale``."""
+    with per-point noise scales ``scale``; 1 for a point on the side of the trend
+    where ``outliers`` ("both", "below" or "above") allows none."""
     residual, variance, noise = _fit_at_data(log_posterior, theta, scale)
-    return (df + 1) / (df + (residual**2 + variance) / noise)
+    weight = (df + 1) / (df + (residual**2 + variance) / noise)
+    if outliers == "below":
+        return torch.where(residual > 0, torch.ones_like(weight), weight)
+    if outliers == "above":
+        return torch.where(residual < 0, torch.ones_like(weight), weight)
+    return weight
 
 
 _RESIDUAL_NODES = 16

@@ -296,3 +296,18 @@ def test_a_budget_much_smaller_than_the_pool_makes_ptop_aim_higher():
             Strategy(budget=bad)
         with pytest.raises(ValueError, match="budget"):
             select_batch(model, pool, y_train, 1, kind="ptop", budget=bad)
+
+
+def test_the_default_gp_puts_outliers_on_the_worse_side_of_the_goal():
+    from matforge.engine.strategy import GP_DEFAULTS, Strategy
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((12, 2)), rng.random(12)
+    for maximize, side in [(True, "below"), (False, "above")]:
+        model = Strategy().fit(X, y, seed=0, maximize=maximize)
+        assert (model.likelihood, model.df, model.outliers) == (
+            GP_DEFAULTS["likelihood"], GP_DEFAULTS["df"], side)
+    # a campaign's own GP arguments win; other surrogates get only their own
+    plain = Strategy(surrogate_params={"likelihood": "gaussian"}).fit(X, y, seed=0)
+    assert plain.likelihood == "gaussian"
+    assert Strategy(surrogate="forest").surrogate_arguments() == {}

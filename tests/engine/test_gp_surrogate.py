@@ -150,6 +150,28 @@ def test_student_t_noise_discounts_a_wild_replicate_instead_of_widening_all_nois
     assert (hi95 - lo95) > 3.2 * (hi50 - lo50)  # a normal's ratio is 2.9
 
 
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_one_sided_student_t_discounts_outliers_on_its_side_only(side):
+    X, y, f, wild = _replicated()
+    y[wild[::2]] -= 6.0  # half the wild replicates 3 below the trend, half 3 above
+    # a failed sample lies on the worse side: below when maximizing, above when minimizing
+    failed, lucky = (wild[::2], wild[1::2]) if side == "below" else (wild[1::2], wild[::2])
+    model = GPSurrogate(random_state=0, y_transform="none", likelihood="student_t",
+                        outliers=side).fit(X, y)
+    scale = model.noise_scale_.numpy()
+    clean = np.setdiff1d(np.arange(len(y)), wild)
+    # outliers on the worse side carry inflated noise; on the other side a
+    # measurement keeps the noise level itself (weight 1), a lucky one too
+    assert scale[failed].min() > 5 * np.median(scale[clean]), scale[failed]
+    assert np.allclose(scale[lucky], 1.0), scale[lucky]
+    # so a design with a failed replicate is predicted at its consensus, while one
+    # with a lucky replicate is pulled towards it
+    err_failed = np.abs(model.predict(X[failed]) - f[failed])
+    err_lucky = np.abs(model.predict(X[lucky]) - f[lucky])
+    assert err_failed.max() < 0.15 and err_lucky.mean() > 2 * err_failed.mean(), (
+        err_failed, err_lucky)
+
+
 def test_student_t_intervals_cover_heavy_tailed_held_out_measurements():
     rng = np.random.default_rng(5)
     X = rng.random((300, 3))
@@ -242,6 +264,7 @@ def test_mixture_intervals_cover_held_out_measurements():
         ({"likelihood": "laplace"}, np.eye(2), np.ones(2), "likelihood"),
         ({"df": 0}, np.eye(2), np.ones(2), "df"),
         ({"measurement_noise": "tails"}, np.eye(2), np.ones(2), "measurement_noise"),
+        ({"likelihood": "student_t", "outliers": "low"}, np.eye(2), np.ones(2), "outliers"),
     ],
 )
 def test_bad_input_is_named(kwargs, X, y, needle):
