@@ -12,8 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
-from matforge.engine.pool import PoolTable, read_table
+from matforge.engine.loop.pool import PoolTable, read_table
 
 
 class TableEvaluator:

@@ -8,7 +8,7 @@ and 80 % of the rows in the top 5 % of the target. A repeat that does not get
 there within the budget counts as budget + 1 (printed as censored).
 
 Strategies:
-  default  matforge's default Strategy (engine/strategy.py), the same code as a campaign
+  default  matforge's default Strategy (engine/acquisition/strategy.py), the same code as a campaign
   random   uniform random picks
   rf-lcb   the paper's best: scikit-learn random forest, 100 trees, mean + 2 std across trees
   gp-ucb   plain BoTorch: SingleTaskGP with default settings on min-max scaled features,
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -69,8 +68,7 @@ def gp_ucb(X_train, y_train, X_pool, n, maximize=True, seed=0):
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from gpytorch.mlls import ExactMarginalLogLikelihood
-
-    from matforge.engine.strategy import unit_scale
+    from matforge.engine.acquisition.strategy import unit_scale
 
     torch.manual_seed(seed)
     Xt, Xp = unit_scale(X_train, X_pool)
@@ -89,7 +87,7 @@ def random_pick(X_train, y_train, X_pool, n, maximize=True, seed=0):
 
 def chooser(name: str, budget: int, params: dict | None = None):
     if name == "default":
-        from matforge.engine.strategy import Strategy
+        from matforge.engine.acquisition.strategy import Strategy
 
         return Strategy(surrogate_params=params or {}, budget=budget).chooser()
     return {"random": random_pick, "rf-lcb": rf_lcb, "gp-ucb": gp_ucb}[name]
@@ -103,7 +101,7 @@ def one_run(args) -> dict:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     from matforge.adapters.table import TableEvaluator
-    from matforge.engine.pool import experiments_to_find, run_pool_campaign, top_rows
+    from matforge.engine.loop.pool import experiments_to_find, run_pool_campaign, top_rows
 
     table = TableEvaluator(path, target, minimize)
     X, y, maximize = table.table.X, table.table.y, table.table.maximize
@@ -125,10 +123,9 @@ def one_run(args) -> dict:
 
 def coverage(path, target, minimize, params=None, seed=0) -> float:
     """Share of held-out points inside the default GP's 90 % predictive interval (5-fold CV)."""
+    from matforge.engine.acquisition.strategy import Strategy
+    from matforge.engine.loop.pool import read_table
     from sklearn.model_selection import KFold
-
-    from matforge.engine.pool import read_table
-    from matforge.engine.strategy import Strategy
 
     warnings.filterwarnings("ignore")
     table = read_table(path, target, minimize)

@@ -93,7 +93,7 @@ class SurrogateSettings(_Section):
     def _parameters_fit(self) -> SurrogateSettings:
         import inspect
 
-        from matforge.engine.model_selection import AutoSurrogate, SURROGATES
+        from matforge.engine.models.selection import SURROGATES, AutoSurrogate
 
         cls = AutoSurrogate if self.kind == "auto" else SURROGATES[self.kind]
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "random_state"}
@@ -145,7 +145,7 @@ class EvaluatorSettings(_Section):
     @field_serializer("parameters", when_used="json")
     def _redact_secrets(self, parameters: dict[str, Any]) -> dict[str, Any]:
         # JSON copies (the Prefect API's flow parameters, the store) never carry secrets
-        from matforge.engine.store import redact
+        from matforge.engine.store.sql import redact
 
         return redact(parameters)
 

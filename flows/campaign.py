@@ -13,22 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matforge.adapters import load_evaluator
+from matforge.engine.config import CampaignConfig, EvaluatorSettings
+from matforge.engine.loop import campaign as engine
+from matforge.engine.loop.anomaly import flag_anomalies, residual_scores
+from matforge.engine.materials.featurize import standardize
+from matforge.engine.materials.generate import Candidate
+from matforge.engine.materials.structures import StructureError, check_structure
+from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation
+from matforge.engine.validation import ResultError, validate_result
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pymatgen.core import Structure
-
-from matforge.adapters import load_evaluator
-from matforge.engine import campaign as engine
-from matforge.engine.anomaly import flag_anomalies, residual_scores
-from matforge.engine.config import CampaignConfig, EvaluatorSettings
-from matforge.engine.featurize import standardize
-from matforge.engine.generate import Candidate
-from matforge.engine.store import STATUSES, CampaignStore, Evaluation
-from matforge.engine.structures import StructureError, check_structure
-from matforge.engine.validation import ResultError, validate_result
 
 TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 

@@ -17,10 +17,13 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
 from matforge.adapters import AdapterError, load_evaluator
 from matforge.engine.config import ConfigError, load_config
-from matforge.engine.structures import StructureError, check_structure, structure_from_dict
+from matforge.engine.materials.structures import (
+    StructureError,
+    check_structure,
+    structure_from_dict,
+)
 from matforge.flows.cli import main
 
 MAX_ATOMS = 64

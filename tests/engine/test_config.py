@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
-from matforge.engine.campaign import strategy as campaign_strategy
 from matforge.engine.config import ConfigError, load_config, parse_config
+from matforge.engine.loop.campaign import strategy as campaign_strategy
 
 GOOD = {"name": "t", "elements": ["Cu", "Au"]}
 

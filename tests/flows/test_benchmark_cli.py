@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from matforge.flows.cli import main
 
 

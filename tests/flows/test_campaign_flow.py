@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import yaml
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
+import yaml
 from matforge.engine.config import load_config
-from matforge.engine.store import CampaignStore
+from matforge.engine.store.sql import CampaignStore
 from matforge.flows.campaign import campaign_flow
 from matforge.flows.cli import main
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 CAMPAIGN = {
     "name": "flow-test",

@@ -1,0 +1,1 @@
+"""Choosing what to evaluate: discrete batch selection, multi-objective, inverse design, strategy."""

@@ -1,0 +1,616 @@
+"""Batch selection over a discrete candidate pool by Bayesian optimization.
+
+:func:`select_batch` picks a batch of rows from a candidate pool with one of the
+acquisitions in :data:`ACQUISITIONS`. The BoTorch acquisitions (``qlogei``,
+``qlognei``, ``ucb``) are maximized over the pool by ``optimize_acqf_discrete``
+with sequential greedy conditioning, so later picks of a batch know about the
+earlier ones and about evaluations still running (``pending``). ``thompson``,
+``greedy`` and ``explore`` read the posterior directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
+from botorch.acquisition.monte_carlo import qUpperConfidenceBound
+from botorch.acquisition.objective import GenericMCObjective
+from botorch.optim import optimize_acqf_discrete
+from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
+from matforge.engine.models.gp import DTYPE, HyperparameterMixture, as_tensor
+from matforge.engine.validation import positive_int
+from torch import Tensor
+
+ACQUISITIONS = ("ptop", "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
+"""Acquisition kinds :func:`select_batch` knows."""
+
+_LOG_KINDS = ("qlogei", "qlognei")
+TOP_SHARE = 0.05
+"""Default share of candidates that ``ptop`` counts as the top (a discovery campaign's goal)."""
+_MIN_PROBABILITY = 1e-300
+"""Floor on a feasibility probability before its log: P = 0 scores far below any real log-EI."""
+
+
+def diverse_random_batch(X: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick ``batch_size`` rows of X spread over feature space.
+
+    The first row is uniform at random; each next one is drawn with probability
+    proportional to its squared distance to the rows already picked (k-means++
+    seeding), so the batch is random but not clumped.
+
+    Parameters
+    ----------
+    X : array of shape (n_candidates, n_features)
+    """
+    n = len(X)
+    batch_size = min(batch_size, n)
+    picked = [int(rng.integers(n))]
+    d2 = ((X - X[picked[0]]) ** 2).sum(axis=1)
+    while len(picked) < batch_size:
+        total = d2.sum()
+        if total <= 0:
+            rest = np.setdiff1d(np.arange(n), picked)
+            picked.append(int(rng.choice(rest)))
+        else:
+            picked.append(int(rng.choice(n, p=d2 / total)))
+        d2 = np.minimum(d2, ((X - X[picked[-1]]) ** 2).sum(axis=1))
+    return np.asarray(picked)
+
+
+class FeasibilityWeighted(AcquisitionFunction):
+    """An acquisition weighted by the probability that the candidates are feasible.
+
+    Log-acquisitions get ``log p`` added (the log of ``acq * p``); others are
+    shifted by ``floor`` (their smallest value over the pool) and multiplied by
+    ``p``, so an infeasible candidate scores no better than the pool's worst.
+    The q points of a batch are taken as independently feasible.
+
+    Parameters
+    ----------
+    acqf : the BoTorch acquisition to weight
+    feasibility : maps a ``batch x q x d`` tensor to a ``batch x q`` tensor of probabilities
+    log : whether ``acqf`` returns log-values
+    floor : value subtracted from a non-log acquisition before weighting
+    """
+
+    def __init__(
+        self,
+        acqf: AcquisitionFunction,
+        feasibility: Callable[[Tensor], Tensor],
+        log: bool,
+        floor: float = 0.0,
+    ):
+        super().__init__(model=acqf.model)
+        self.acqf = acqf
+        self.feasibility = feasibility
+        self.log = log
+        self.floor = floor
+
+    @property
+    def X_pending(self) -> Tensor | None:
+        return self.acqf.X_pending
+
+    def set_X_pending(self, X_pending: Tensor | None = None) -> None:
+        self.acqf.set_X_pending(X_pending)
+
+    def forward(self, X: Tensor) -> Tensor:
+        value = self.acqf(X)
+        p = self.feasibility(X)
+        if self.log:
+            return value + p.clamp_min(_MIN_PROBABILITY).log().sum(dim=-1)
+        return (value - self.floor).clamp_min(0.0) * p.prod(dim=-1)
+
+
+def _model_of(surrogate):
+    model = getattr(surrogate, "model_", None)
+    if model is None:
+        raise ValueError(
+            f"{type(surrogate).__name__} exposes no fitted BoTorch model as `model_`; fit it first"
+        )
+    return model
+
+
+def _as_2d(name: str, X, n_features: int | None = None) -> np.ndarray:
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_rows, n_features), got shape {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features but X_pool has {n_features}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def _feasibility_function(constraint, model) -> Callable[[Tensor], Tensor] | None:
+    """Turn ``constraint`` into a map from ``... x d`` tensors to ``...`` probabilities."""
+    if constraint is None:
+        return None
+    if callable(constraint):
+
+        def feasibility(X: Tensor) -> Tensor:
+            rows = X.detach().reshape(-1, X.shape[-1]).numpy()
+            p = np.asarray(constraint(rows), dtype=float)
+            if p.ndim == 2:
+                p = p[:, -1]
+            if p.shape != (len(rows),):
+                raise ValueError(
+                    f"constraint returned shape {p.shape} for {len(rows)} rows; "
+                    "expected (n_rows,) or (n_rows, 2) probabilities"
+                )
+            if not np.isfinite(p).all():
+                raise ValueError("constraint returned NaN or infinite probabilities")
+            return torch.as_tensor(np.clip(p, 0.0, 1.0), dtype=DTYPE).reshape(X.shape[:-1])
+
+        return feasibility
+    if isinstance(constraint, (int, float)) and not isinstance(constraint, bool):
+        if model.num_outputs < 2:
+            raise ValueError(
+                "a numeric constraint bounds the model's second output, but the model has "
+                f"{model.num_outputs} output; pass a callable giving P(feasible) instead"
+            )
+        threshold = float(constraint)
+        normal = torch.distributions.Normal(0.0, 1.0)
+
+        def feasibility(X: Tensor) -> Tensor:
+            with torch.no_grad():
+                post = model.posterior(X.reshape(-1, X.shape[-1]))
+                mean = post.mean[..., 1]
+                std = post.variance[..., 1].clamp_min(1e-18).sqrt()
+            return normal.cdf((threshold - mean) / std).reshape(X.shape[:-1])
+
+        return feasibility
+    raise ValueError(
+        f"constraint must be None, a callable giving P(feasible) per row, or a number "
+        f"bounding the model's second output; got {type(constraint).__name__}"
+    )
+
+
+def to_model_scale(surrogate, y: np.ndarray) -> np.ndarray:
+    """Objective values in the scale ``surrogate.model_`` predicts.
+
+    Surrogates that transform their targets before fitting (e.g. a rank copula)
+    expose ``transform_targets``; thresholds such as EI's incumbent must pass
+    through it. Others predict in the units of y.
+    """
+    y = np.asarray(y, dtype=float)
+    transform = getattr(surrogate, "transform_targets", None)
+    return y if transform is None else np.asarray(transform(y), dtype=float)
+
+
+def _best_observed(y_train, maximize: bool, constraint) -> float:
+    """Best objective value seen, among feasible rows when y_train carries the constraint column."""
+    y = np.asarray(y_train, dtype=float)
+    if y.size == 0:
+        raise ValueError("y_train is empty; qlogei needs the observed objective values")
+    if y.ndim == 2 and y.shape[1] >= 2 and isinstance(constraint, (int, float)):
+        feasible = y[:, 1] <= float(constraint)
+        objective = y[feasible, 0] if feasible.any() else y[:, 0]
+    else:
+        objective = y if y.ndim == 1 else y[:, 0]
+    objective = objective[np.isfinite(objective)]
+    if objective.size == 0:
+        raise ValueError("y_train holds no finite objective value")
+    return float(objective.max() if maximize else objective.min())
+
+
+def _posterior_objective(model, X: Tensor, observation_noise: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of the model's first output at ``n x d`` X, each ``n``.
+
+    ``observation_noise`` gives the spread of a new measurement (learned noise
+    included) where the model has a noise model, of the function elsewhere. A
+    :class:`HyperparameterMixture` gives each component's, each ``S x n``.
+    """
+    if isinstance(model, HyperparameterMixture):
+        return model.moments(X, observation_noise)
+    with torch.no_grad():
+        post = None
+        if observation_noise:
+            try:
+                post = model.posterior(X, observation_noise=True)
+            except (NotImplementedError, TypeError):  # models without a noise model
+                pass
+        if post is None:
+            post = model.posterior(X)
+        return post.mean[..., 0], post.variance[..., 0].clamp_min(0).sqrt()
+
+
+def _condition_on_mean(model, X: Tensor):
+    """The model conditioned on observing its own posterior mean at X (a "kriging believer").
+
+    A :class:`HyperparameterMixture` conditions each component on its own mean.
+    Models that cannot be conditioned (ensembles, forests) are returned as they are.
+    """
+    if isinstance(model, HyperparameterMixture):
+        return model.condition_on_mean(X)
+    with torch.no_grad():
+        try:
+            post = model.posterior(X)
+            kwargs = {}
+            if isinstance(getattr(model, "likelihood", None), FixedNoiseGaussianLikelihood):
+                # per-point noise (a Student-t fit): the pretend observation gets the
+                # noise BoTorch gives a new measurement
+                noisy = model.posterior(X, observation_noise=True)
+                kwargs["noise"] = (noisy.variance - post.variance).clamp_min(1e-12)
+            return model.condition_on_observations(X, post.mean, **kwargs)
+        except NotImplementedError:
+            return model
+
+
+def top_threshold(
+    mean: np.ndarray,
+    std: np.ndarray,
+    observed: np.ndarray,
+    count: float,
+    weights: np.ndarray | None = None,
+    observed_weights: np.ndarray | None = None,
+) -> float:
+    """The value tau above which ``count`` rows are expected, among the candidates and the results.
+
+    Candidates contribute P(y > tau) = Φ((mean - tau) / std) each, results 1 if
+    they lie above tau, each times its weight (e.g. its probability of being
+    feasible; default 1); the sum falls monotonically in tau, so tau is its root.
+    ``mean`` and ``std`` have shape (n,), or (S, n) for candidates whose
+    prediction is an equal mixture of S normals.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    mean = np.atleast_2d(mean).astype(float)
+    std = np.maximum(np.atleast_2d(std).astype(float), 1e-12)
+    observed = np.asarray(observed, float)
+    w = np.ones(mean.shape[-1]) if weights is None else np.asarray(weights, float)
+    w_obs = np.ones_like(observed) if observed_weights is None else np.asarray(observed_weights, float)
+
+    def excess(tau):
+        return (w * norm.sf((tau - mean) / std).mean(0)).sum() + w_obs[observed > tau].sum() - count
+
+    values = np.concatenate([(mean - 12 * std).ravel(), (mean + 12 * std).ravel(), observed])
+    lo, hi = values.min() - 1.0, values.max() + 1.0
+    if excess(lo) <= 0:  # asked for (nearly) every row
+        return lo
+    return brentq(excess, lo, hi, xtol=1e-9)
+
+
+def _log_probability_of_top(
+    conditioned, choices, extra, observed, share, sign, p=None, p_observed=None, budget=None
+):
+    """log P(a new measurement at each choice lands in the top ``share`` of all rows).
+
+    The rows are the choices, ``extra`` (pending evaluations, or None) and the
+    ``observed`` objective values (already signed, in the model's scale). Where
+    they outnumber ``budget``, the top is that share of as many rows as the
+    budget can measure: the best ``share * budget`` rows. With
+    feasibility probabilities ``p`` (choices and extra) and ``p_observed``, the
+    top is the top of the rows more likely feasible than not; the caller
+    multiplies by P(feasible). (Counting every row by its probability instead
+    lets a soft classifier's long tail of unlikely but excellent rows fill the
+    top, and the picks drift into the infeasible region.)
+    """
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    rows = choices if extra is None else torch.cat([choices, extra])
+    mean, std = _posterior_objective(conditioned, rows, observation_noise=True)
+    mean, std = np.atleast_2d((sign * mean).numpy()), np.atleast_2d(std.clamp_min(1e-12).numpy())
+    w = None if p is None else (p.numpy() >= 0.5).astype(float)
+    w_obs = None if p_observed is None else (np.asarray(p_observed, float) >= 0.5).astype(float)
+    total = (len(rows) if w is None else w.sum()) + (len(observed) if w_obs is None else w_obs.sum())
+    count = share * (total if budget is None else min(total, budget))
+    tau = top_threshold(mean, std, observed, count, w, w_obs)
+    # the log keeps far-off candidates ranked where P itself underflows to 0; a
+    # mixture's P is the mean of its components'
+    log_p = logsumexp(norm.logsf((tau - mean) / std), axis=0) - np.log(len(mean))
+    return torch.as_tensor(log_p[: len(choices)], dtype=choices.dtype)
+
+
+def _observed_feasibility(y_train, X_train, finite, constraint, feasibility) -> np.ndarray | None:
+    """P(feasible) of the results with a finite objective: known where y_train carries the
+    constrained output, the constraint's estimate at X_train otherwise (None without X_train)."""
+    y = np.asarray(y_train, dtype=float)
+    if y.ndim == 2 and y.shape[1] >= 2 and not callable(constraint):
+        return (y[finite, 1] <= float(constraint)).astype(float)
+    if X_train is not None and len(X_train) == len(y):
+        return feasibility(as_tensor(np.asarray(X_train)[finite])).numpy()
+    return None
+
+
+def _sequential_greedy(model, pending_t, choices: Tensor, q: int, score_of):
+    """Pick ``q`` rows of ``choices`` one at a time, each the best of ``score_of(model)``
+    among rows not yet taken, with the model conditioned on its own mean at the
+    pending rows and at every earlier pick (a "kriging believer"), so a batch spreads out.
+
+    Returns the picked positions and their scores (a tensor of shape (q,)).
+    """
+    conditioned = model if pending_t is None else _condition_on_mean(model, pending_t)
+    taken = torch.zeros(len(choices), dtype=torch.bool)
+    picked, values = [], []
+    for k in range(q):
+        score = score_of(conditioned).masked_fill(taken, -torch.inf)
+        best = int(torch.argmax(score))
+        taken[best] = True
+        picked.append(best)
+        values.append(score[best])
+        if k + 1 < q:
+            conditioned = _condition_on_mean(conditioned, choices[best : best + 1])
+    return picked, torch.stack(values)
+
+
+def _shift_and_weight(score: Tensor, p: Tensor | None) -> Tensor:
+    if p is None:
+        return score
+    return (score - score.min()) * p
+
+
+def _botorch_batch(
+    kind: str,
+    surrogate,
+    model,
+    choices: Tensor,
+    q: int,
+    sign: float,
+    y_train,
+    maximize: bool,
+    X_train,
+    pending: Tensor | None,
+    beta: float,
+    constraint,
+    feasibility,
+) -> tuple[Tensor, Tensor]:
+    objective = GenericMCObjective(lambda Y, X=None: sign * Y[..., 0])
+    numeric = isinstance(constraint, (int, float)) and not isinstance(constraint, bool)
+    native = numeric and kind in _LOG_KINDS
+    constraints = [lambda Z: Z[..., 1] - float(constraint)] if native else None
+    if kind == "qlogei":
+        best_units = _best_observed(y_train, maximize, constraint)
+        best = sign * float(to_model_scale(surrogate, np.array([best_units]))[0])
+        acqf = qLogExpectedImprovement(
+            model, best_f=best, objective=objective, constraints=constraints, X_pending=pending
+        )
+    elif kind == "qlognei":
+        if X_train is None:
+            raise ValueError("kind='qlognei' needs X_train, the evaluated rows, as its baseline")
+        baseline = as_tensor(_as_2d("X_train", X_train, choices.shape[-1]))
+        acqf = qLogNoisyExpectedImprovement(
+            model,
+            X_baseline=baseline,
+            objective=objective,
+            constraints=constraints,
+            X_pending=pending,
+        )
+    else:
+        acqf = qUpperConfidenceBound(model, beta=beta, objective=objective, X_pending=pending)
+    if feasibility is not None and not native:
+        floor = 0.0
+        if kind not in _LOG_KINDS:
+            with torch.no_grad():
+                floor = float(acqf(choices.unsqueeze(-2)).min())
+        acqf = FeasibilityWeighted(acqf, feasibility, log=kind in _LOG_KINDS, floor=floor)
+    candidates, values = optimize_acqf_discrete(acqf, q=q, choices=choices, unique=True)
+    return candidates, values.reshape(-1)
+
+
+def rows_not_pending(X_pool: np.ndarray, pending: np.ndarray | None) -> np.ndarray:
+    """Indices of the rows of X_pool : (n, d) equal to no row of pending : (k, d).
+
+    Raises ValueError when every row is pending.
+    """
+    available = np.ones(len(X_pool), dtype=bool)
+    if pending is not None and len(pending):
+        available &= ~(X_pool[:, None, :] == pending[None, :, :]).all(axis=-1).any(axis=1)
+    if not available.any():
+        raise ValueError("every row of X_pool is pending; nothing left to pick")
+    return np.flatnonzero(available)
+
+
+def _rows_to_indices(candidates: Tensor, choices: Tensor) -> list[int]:
+    """Positions in ``choices`` of the picked rows, each position used once."""
+    indices: list[int] = []
+    for row in candidates:
+        match = torch.where((choices == row).all(dim=-1))[0].tolist()
+        indices.append(next(i for i in match if i not in indices))
+    return indices
+
+
+def select_batch(
+    surrogate,
+    X_pool: np.ndarray,
+    y_train: np.ndarray,
+    batch_size: int,
+    maximize: bool = True,
+    seed: int | None = None,
+    *,
+    kind: str = "qlogei",
+    X_train: np.ndarray | None = None,
+    pending: np.ndarray | None = None,
+    beta: float = 2.0,
+    constraint: Callable[[np.ndarray], np.ndarray] | float | None = None,
+    top_share: float = TOP_SHARE,
+    budget: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choose a batch of distinct rows from the pool.
+
+    Kinds (:data:`ACQUISITIONS`):
+
+    - ``"qlogei"``: BoTorch ``qLogExpectedImprovement`` over the best of ``y_train``
+      (mapped to the model's scale by the surrogate's ``transform_targets``, if any).
+    - ``"qlognei"``: ``qLogNoisyExpectedImprovement`` with ``X_train`` as baseline,
+      for noisy observations (no trust placed in the best observed value).
+    - ``"ptop"``: probability that a new *measurement* lands in the top
+      ``top_share`` (default 5 %) of all rows: the candidates, the pending rows
+      and the results so far. The threshold is where the expected number of rows
+      above it is that share (:func:`top_threshold`), so it comes from the
+      model, not from one lucky result. This is the active-search goal of a
+      discovery campaign, finding many good materials rather than polishing one
+      (Garnett et al. 2012): it explores while nothing predicted clears the
+      threshold and re-measures candidates that confidently do. Batches
+      condition on each pick's mean before the next. matforge's default.
+      Where the rows outnumber ``budget``, the evaluations the campaign may
+      spend in all, the top is ``top_share`` of as many rows as the budget can
+      measure (the best ``top_share * budget`` rows): a campaign that can
+      measure a seventh of a pool and aims for 5 % of all of it counts rows
+      just above that bar as wins and spends its budget re-measuring them;
+      aiming higher makes it look for the candidates whose upside is large,
+      which on a large pool finds more top rows (``benchmarks/README.md``).
+    - ``"pucb"``: upper confidence bound of a new *measurement*: posterior mean
+      plus ``sqrt(beta)`` times the predictive standard deviation, learned noise
+      included. With noisy, replicated data this keeps re-measuring promising
+      candidates worth more than chasing the model's uncertainty alone. Batches
+      hallucinate each pick's outcome at its mean before the next (GP-BUCB,
+      Desautels et al. 2014), so a batch spreads out.
+    - ``"ucb"``: ``qUpperConfidenceBound`` with ``beta``.
+    - ``"thompson"``: ``batch_size`` joint posterior samples over the pool; slot k
+      takes the best row of sample k not already picked.
+    - ``"greedy"``: the rows with the best posterior mean.
+    - ``"explore"``: the row with the largest posterior standard deviation, then the
+      model is conditioned on its own mean there and the next is picked, so the
+      batch spreads out instead of clustering in one uncertain region.
+
+    ``greedy``, ``explore`` and ``thompson`` read ``model_``'s posterior, in the
+    scale the model predicts; a monotone target transform keeps the ranking.
+
+    The BoTorch kinds build the batch by sequential greedy conditioning
+    (``optimize_acqf_discrete``). With ``maximize=False`` every kind ranks by the
+    negated objective.
+
+    Pending evaluations: pool rows equal to a ``pending`` row are never picked.
+    BoTorch kinds get ``pending`` as ``X_pending``, so rows whose outcome the
+    running evaluations will probably reveal lose value; ``explore`` conditions
+    on them like on its own picks. ``greedy`` and ``thompson`` need nothing more:
+    conditioning on a pending point leaves the posterior mean unchanged, and a
+    joint sample over pool and pending rows has the same pool marginal.
+
+    Constraint: a callable ``constraint(X) -> p`` gives the probability that each
+    row of X : (n, n_features) is feasible, shape (n,) or (n, 2) as scikit-learn's
+    ``predict_proba`` (the second column is read as P(feasible)). The log-kinds add
+    ``log p`` to the log-acquisition, i.e. they maximize ``p * EI``. Other kinds
+    multiply by ``p`` after shifting their value by its minimum over the pool, so
+    an infeasible row scores like the worst one. A number ``c`` instead, for a
+    model with two outputs (objective, constraint), requires the second output to
+    be ``<= c``: the log-kinds pass it to BoTorch as a native outcome constraint
+    (``best_f`` is then the best feasible row when ``y_train`` has both columns),
+    the others weight by the posterior probability ``P(output_2 <= c)``; ``c`` is
+    in the scale the model predicts.
+
+    Parameters
+    ----------
+    surrogate : fitted surrogate exposing a BoTorch model as ``model_``; its first
+        output is the objective
+    X_pool : array of shape (n_candidates, n_features)
+    y_train : array of shape (n_train,) or (n_train, n_outputs), the observed
+        values; only ``qlogei`` reads it
+    batch_size : number of candidates to pick (fewer when fewer rows are available)
+    maximize : whether larger objective values are better
+    seed : seeds the Monte-Carlo samplers and Thompson samples; the global torch
+        random state is left as it was
+    kind : one of :data:`ACQUISITIONS`
+    X_train : array of shape (n_train, n_features), needed by ``qlognei``
+    pending : array of shape (n_pending, n_features), rows still being evaluated
+    beta : exploration weight of ``ucb`` and ``pucb``
+    top_share : share of all rows that ``ptop`` counts as the top, in (0, 1)
+    budget : evaluations the campaign may spend in all (None: unlimited), which
+        ``ptop`` aims by where the rows outnumber it
+    constraint : callable giving P(feasible) per row, a bound on the model's second
+        output, or None
+
+    Returns
+    -------
+    indices : array of shape (batch_size,), rows of X_pool in the order picked
+    values : array of shape (batch_size,), the acquisition value of each pick as
+        ranked (larger is better), given the earlier picks and the pending rows
+    """
+    if kind not in ACQUISITIONS:
+        raise ValueError(
+            f"unknown acquisition kind {kind!r}; known kinds: {', '.join(ACQUISITIONS)}"
+        )
+    positive_int("batch_size", batch_size)
+    if budget is not None:
+        positive_int("budget", budget)
+    if not beta >= 0:
+        raise ValueError(f"beta must be non-negative, got {beta!r}")
+    if not 0 < top_share < 1:
+        raise ValueError(f"top_share must be in (0, 1), got {top_share!r}")
+    model = _model_of(surrogate)
+    X_pool = _as_2d("X_pool", X_pool)
+    if len(X_pool) == 0:
+        raise ValueError("X_pool is empty")
+    pending_t = None
+    if pending is not None:
+        pending = _as_2d("pending", pending, X_pool.shape[1])
+        if len(pending):
+            pending_t = as_tensor(pending)
+    rows = rows_not_pending(X_pool, pending)
+    choices = as_tensor(X_pool[rows])
+    q = min(int(batch_size), len(rows))
+    sign = 1.0 if maximize else -1.0
+    feasibility = _feasibility_function(constraint, model)
+
+    with torch.random.fork_rng():
+        if seed is not None:
+            torch.manual_seed(seed)
+        if kind in ("qlogei", "qlognei", "ucb"):
+            candidates, values = _botorch_batch(
+                kind, surrogate, model, choices, q, sign, y_train, maximize, X_train,
+                pending_t, beta, constraint, feasibility,
+            )
+            picked = _rows_to_indices(candidates, choices)
+            values = values.detach()
+        else:
+            p = None if feasibility is None else feasibility(choices)
+            if kind == "greedy":
+                mean, _ = _posterior_objective(model, choices)
+                score = _shift_and_weight(sign * mean, p)
+                order = torch.argsort(score, descending=True)[:q]
+                picked, values = order.tolist(), score[order]
+            elif kind == "thompson":
+                with torch.no_grad():
+                    samples = model.posterior(choices).rsample(torch.Size([q]))[..., 0]
+                picked, picked_values = [], []
+                taken = torch.zeros(len(choices), dtype=torch.bool)
+                for sample in samples:
+                    score = _shift_and_weight(sign * sample, p).masked_fill(taken, -torch.inf)
+                    best = int(torch.argmax(score))
+                    taken[best] = True
+                    picked.append(best)
+                    picked_values.append(score[best])
+                values = torch.stack(picked_values)
+            elif kind == "ptop":
+                objective = np.asarray(y_train, dtype=float)
+                objective = objective if objective.ndim == 1 else objective[:, 0]
+                finite = np.isfinite(objective)
+                observed = sign * to_model_scale(surrogate, objective[finite])
+                p_rows = p_observed = None
+                if feasibility is not None:
+                    p_rows = p if pending_t is None else torch.cat([p, feasibility(pending_t)])
+                    p_observed = _observed_feasibility(
+                        y_train, X_train, finite, constraint, feasibility
+                    )
+                log_p = 0.0 if p is None else p.clamp_min(_MIN_PROBABILITY).log()
+
+                def score_of(conditioned):
+                    return log_p + _log_probability_of_top(
+                        conditioned, choices, pending_t, observed, top_share, sign, p_rows,
+                        p_observed, budget,
+                    )
+
+                # a GP's hyperparameter mixture where it has one, else its model
+                source = getattr(surrogate, "mixture_", None) or model
+                picked, values = _sequential_greedy(source, pending_t, choices, q, score_of)
+                values = values.exp()  # P(top), times P(feasible)
+            elif kind == "pucb":
+
+                def score_of(conditioned):
+                    mean, std = _posterior_objective(conditioned, choices, observation_noise=True)
+                    return _shift_and_weight(sign * mean + beta**0.5 * std, p)
+
+                picked, values = _sequential_greedy(model, pending_t, choices, q, score_of)
+            else:
+
+                def score_of(conditioned):
+                    _, std = _posterior_objective(conditioned, choices)
+                    return std if p is None else std * p
+
+                picked, values = _sequential_greedy(model, pending_t, choices, q, score_of)
+    return rows[np.asarray(picked, dtype=int)], values.numpy().astype(float)

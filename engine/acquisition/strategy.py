@@ -1,0 +1,185 @@
+"""How a campaign chooses what to evaluate next: a surrogate plus an acquisition.
+
+One :class:`Strategy` serves both a live campaign (``engine.campaign.select``)
+and a retrospective pool campaign (``engine.pool.run_pool_campaign``), so a
+benchmark on historical data measures exactly the code that will spend DFT time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from matforge.engine.acquisition.batch import (
+    ACQUISITIONS,
+    TOP_SHARE,
+    diverse_random_batch,
+    select_batch,
+)
+from matforge.engine.models.gp import GPSurrogate
+from matforge.engine.models.selection import make_surrogate
+from matforge.engine.validation import positive_int
+
+MIN_TRAINING = 2
+"""Fewest results before the surrogate takes over from spread-out random picks (a GP
+needs two; the pool protocol of Liang et al. 2021 starts the model from two rows)."""
+
+DEFAULT_SURROGATE = "gp"
+DEFAULT_ACQUISITION = "ptop"
+DEFAULT_BETA = 1.0
+GP_DEFAULTS = {"likelihood": "student_t", "df": 2.0}
+"""Arguments of the default GP (:class:`GPSurrogate`) a strategy fits, under its
+``surrogate_params``: Student-t noise with 2 degrees of freedom whose outliers
+lie on the worse side of the goal only (``outliers`` follows ``maximize``).
+Replicated lab data have failed samples that measure far worse than the material
+is; a symmetric t would also discount the lucky replicates in the good direction
+that a discovery campaign is looking for (``benchmarks/README.md``)."""
+
+
+@dataclass
+class Selection:
+    """The rows picked from a pool with what the surrogate said of them.
+
+    Arrays have shape (n_picked,); mean, std and acquisition are NaN where no
+    model was used.
+    """
+
+    indices: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    acquisition: np.ndarray
+    model_version: str | None = None
+
+
+def unit_scale(*blocks: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Min-max scale arrays with the same columns to [0, 1] over their union.
+
+    Constant columns become 0.
+    """
+    stacked = np.vstack(blocks)
+    lo, hi = stacked.min(axis=0), stacked.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return tuple((b - lo) / span for b in blocks)
+
+
+@dataclass
+class Strategy:
+    """Fit ``surrogate`` to the data so far and pick a batch by ``acquisition``.
+
+    The default, a GP with an ARD Matérn-5/2 kernel on rank-transformed (Gaussian
+    copula) targets and Student-t noise on the worse side of the goal
+    (:data:`GP_DEFAULTS`), averaged over sampled hyperparameters while data are few,
+    picking by the probability that a new measurement lands in the top 5 % of
+    all candidates (``ptop``; of as many rows as ``budget`` can measure, where
+    the campaign has a budget and the rows outnumber it), is the one benchmarked in
+    ``benchmarks/liang2021.py``. ``acquisition='random'``
+    picks uniformly (the baseline every campaign should beat).
+
+    Parameters
+    ----------
+    surrogate : a kind known to :func:`matforge.engine.models.selection.make_surrogate`
+    acquisition : a kind in :data:`matforge.engine.acquisition.batch.ACQUISITIONS`, or "random"
+    beta : exploration weight of the UCB kinds
+    top_share : share of all candidates that ``ptop`` aims for
+    surrogate_params : keyword arguments of the surrogate; for "gp" they update
+        :data:`GP_DEFAULTS`
+    budget : evaluations the campaign may spend in all, or None. Where candidates,
+        results and pending evaluations together outnumber it, ``ptop`` aims for
+        the top ``top_share`` of as many rows as the budget can measure, the
+        best ``top_share * budget`` rows (see ``select_batch``).
+    """
+
+    surrogate: str = DEFAULT_SURROGATE
+    acquisition: str = DEFAULT_ACQUISITION
+    beta: float = DEFAULT_BETA
+    top_share: float = TOP_SHARE
+    surrogate_params: dict[str, Any] = field(default_factory=dict)
+    budget: int | None = None
+
+    def __post_init__(self):
+        if self.acquisition != "random" and self.acquisition not in ACQUISITIONS:
+            raise ValueError(
+                f"unknown acquisition {self.acquisition!r}; known: random, {', '.join(ACQUISITIONS)}"
+            )
+        make_surrogate(self.surrogate, **self.surrogate_arguments())  # fails early on a bad name
+        if self.budget is not None:
+            positive_int("budget", self.budget)
+
+    @property
+    def name(self) -> str:
+        if self.acquisition == "random":
+            return "random"
+        return f"{self.surrogate}-{self.acquisition}"
+
+    def surrogate_arguments(self, maximize: bool = True) -> dict[str, Any]:
+        """The surrogate's keyword arguments: ``surrogate_params``, over :data:`GP_DEFAULTS`
+        (outliers on the worse side of the goal) for a GP."""
+        if self.surrogate != "gp":
+            return dict(self.surrogate_params)
+        side = "below" if maximize else "above"
+        return {**GP_DEFAULTS, "outliers": side, **self.surrogate_params}
+
+    def fit(self, X: np.ndarray, y: np.ndarray, seed: int, bounds: np.ndarray | None = None,
+            maximize: bool = True):
+        """The fitted surrogate; ``bounds`` (2, n_features) is the box a GP normalizes over,
+        ``maximize`` the goal (a GP's outliers lie on its worse side)."""
+        model = make_surrogate(
+            self.surrogate, random_state=seed, **self.surrogate_arguments(maximize)
+        )
+        if isinstance(model, GPSurrogate):
+            return model.fit(X, y, bounds=bounds)
+        return model.fit(X, y)
+
+    def select(
+        self,
+        X_train: np.ndarray,
+        y_train: np.ndarray,
+        X_pool: np.ndarray,
+        n: int,
+        maximize: bool = True,
+        seed: int = 0,
+        model=None,
+        pending: np.ndarray | None = None,
+        constraint=None,
+    ) -> Selection:
+        """Pick ``n`` rows of X_pool : (n_pool, n_features) given X_train, y_train.
+
+        With fewer than ``MIN_TRAINING`` results (or ``acquisition='random'``)
+        the picks are random: spread over feature space, or uniform for
+        ``random``. ``model`` is a surrogate already fitted to the training data;
+        without one it is fitted here, normalizing inputs over training data and
+        pool together. ``constraint(X) -> P(feasible)`` weights the acquisition.
+        """
+        rng = np.random.default_rng(seed)
+        n = min(int(n), len(X_pool))
+        if self.acquisition == "random" or len(y_train) < MIN_TRAINING:
+            if self.acquisition == "random":
+                idx = rng.choice(len(X_pool), size=n, replace=False)
+            else:
+                (scaled,) = unit_scale(X_pool)
+                idx = diverse_random_batch(scaled, n, rng)
+            nan = np.full(len(idx), np.nan)
+            return Selection(np.asarray(idx), nan, nan, nan, None)
+        if model is None:
+            both = np.vstack([X_train, X_pool])
+            bounds = np.stack([both.min(0), both.max(0)])
+            model = self.fit(X_train, y_train, seed, bounds, maximize)
+        idx, acq = select_batch(
+            model, X_pool, y_train, n, maximize=maximize, seed=seed, kind=self.acquisition,
+            X_train=X_train, pending=pending, beta=self.beta, constraint=constraint,
+            top_share=self.top_share, budget=self.budget,
+        )
+        mean, std = model.predict(X_pool[idx], return_std=True)
+        return Selection(np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train)))
+
+    def model_version(self, n_train: int) -> str:
+        return f"{self.surrogate}-n{n_train}"
+
+    def chooser(self):
+        """A ``choose(X_train, y_train, X_pool, n, maximize, seed) -> indices`` for pool campaigns."""
+
+        def choose(X_train, y_train, X_pool, n, maximize=True, seed=0):
+            return self.select(X_train, y_train, X_pool, n, maximize=maximize, seed=seed).indices
+
+        return choose

@@ -1,0 +1,1 @@
+"""One campaign round: its stages, anomaly flagging and pool replay."""

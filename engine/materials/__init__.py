@@ -1,0 +1,1 @@
+"""Structures, candidate generators and featurizers."""

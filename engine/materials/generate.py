@@ -1,0 +1,238 @@
+"""Candidate generators: decorations of small supercells and mutations of good results.
+
+A generator turns a random stream into candidate structures for the campaign's
+elements. Decorations explore; mutations (swap two unlike atoms, substitute one
+atom) exploit around the best results so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+from matforge.engine.materials.structures import fingerprint, vegard_volume
+from pymatgen.core import Composition, Lattice, Structure
+
+PRIMITIVE_CELLS = {
+    # lattice vectors in units of the cubic (or hexagonal a) lattice constant
+    "fcc": (np.array([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]), [[0, 0, 0]]),
+    "bcc": (np.array([[-0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.5, 0.5, -0.5]]), [[0, 0, 0]]),
+    "hcp": (
+        np.array([[1.0, 0.0, 0.0], [-0.5, np.sqrt(3) / 2, 0.0], [0.0, 0.0, np.sqrt(8 / 3)]]),
+        [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]],
+    ),
+}
+CONVENTIONAL_CELLS = {
+    "fcc": (np.eye(3), [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]),
+    "bcc": (np.eye(3), [[0, 0, 0], [0.5, 0.5, 0.5]]),
+}
+
+
+def _supercell_shapes(max_atoms: int) -> list[tuple[int, int, int]]:
+    shapes = {tuple(sorted(s)) for s in product(range(1, 5), repeat=3)}
+    return sorted(s for s in shapes if np.prod(s) <= max_atoms)
+
+
+def parent_cells(lattice: str, max_atoms: int) -> list[Structure]:
+    """All unit-spaced supercells of ``lattice`` with at most ``max_atoms`` sites (species: X0+)."""
+    cells = []
+    for table in (PRIMITIVE_CELLS, CONVENTIONAL_CELLS):
+        if lattice not in table:
+            continue
+        vectors, coords = table[lattice]
+        base = Structure(Lattice(vectors), ["H"] * len(coords), coords)
+        for shape in _supercell_shapes(max_atoms // len(coords)):
+            cells.append(base * shape)
+    return cells
+
+
+@dataclass
+class Candidate:
+    """A proposed structure with where it came from.
+
+    ``fingerprint`` is the canonical hash from
+    :func:`matforge.engine.materials.structures.fingerprint`.
+    """
+
+    structure: Structure
+    generator: str
+    parent: str | None = None
+    fingerprint: str = field(default="")
+
+    def __post_init__(self):
+        if not self.fingerprint:
+            self.fingerprint = fingerprint(self.structure)
+
+
+def _scaled(structure: Structure) -> Structure:
+    """Scale the cell so its volume matches Vegard's law for its composition."""
+    structure = structure.copy()
+    structure.scale_lattice(vegard_volume(structure))
+    return structure
+
+
+class DecorationGenerator:
+    """Random decorations of small fcc / bcc / hcp supercells.
+
+    Parameters
+    ----------
+    elements : symbols that may occupy sites
+    lattices : parent lattices to decorate
+    max_atoms : largest supercell
+    max_species : most distinct elements in one candidate
+    """
+
+    name = "decoration"
+
+    def __init__(
+        self,
+        elements: Sequence[str],
+        lattices: Sequence[str] = ("fcc", "bcc", "hcp"),
+        max_atoms: int = 16,
+        max_species: int = 3,
+    ):
+        self.elements = list(elements)
+        self.lattices = list(lattices)
+        self.max_atoms = max_atoms
+        self.max_species = max_species
+        # one-site cells can only hold pure elements, whose formation energy is zero by definition
+        min_sites = 2 if min(max_species, len(self.elements)) >= 2 else 1
+        self._cells = {
+            lat: [c for c in parent_cells(lat, max_atoms) if len(c) >= min_sites]
+            for lat in self.lattices
+        }
+
+    def sample(self, rng: np.random.Generator) -> Candidate:
+        """Draw one decorated supercell."""
+        lattice = self.lattices[rng.integers(len(self.lattices))]
+        cells = self._cells[lattice]
+        cell = cells[rng.integers(len(cells))]
+        n = len(cell)
+        k_max = min(self.max_species, len(self.elements), n)
+        k = int(rng.integers(min(2, k_max), k_max + 1))
+        chosen = rng.choice(self.elements, size=k, replace=False)
+        # every chosen element appears at least once
+        occupation = np.concatenate([chosen, rng.choice(chosen, size=n - k)])
+        rng.shuffle(occupation)
+        structure = Structure(cell.lattice, list(occupation), cell.frac_coords)
+        return Candidate(_scaled(structure), f"{self.name}:{lattice}")
+
+    @property
+    def site_counts(self) -> list[int]:
+        """Sizes of the supercells this generator decorates, ascending."""
+        return sorted({len(c) for cells in self._cells.values() for c in cells})
+
+    def decorate(self, composition: Composition, rng: np.random.Generator) -> Candidate:
+        """A random arrangement of exactly ``composition`` on a supercell of matching size.
+
+        The supercell holds the composition's atom count or a whole multiple of it
+        (the counts scaled up), drawn uniformly among all lattices' cells that fit.
+        The ``max_species`` limit is not applied: the composition is taken as asked.
+
+        Parameters
+        ----------
+        composition : whole-number atom counts of the campaign's elements, e.g. ``Cu3Au``
+        rng : random stream for the choice of cell and the arrangement
+        """
+        composition = Composition(composition)
+        counts = composition.get_el_amt_dict()
+        unknown = sorted(set(counts) - set(self.elements))
+        if unknown:
+            raise ValueError(f"composition {composition.formula} has elements {unknown} "
+                             f"outside the generator's {self.elements}")
+        if any(abs(a - round(a)) > 1e-8 or a < 0 for a in counts.values()):
+            raise ValueError(f"composition {composition.formula} needs whole atom counts")
+        n = int(round(sum(counts.values())))
+        if n < 1:
+            raise ValueError("composition is empty")
+        fits = [(lat, c) for lat in self.lattices for c in self._cells[lat] if len(c) % n == 0]
+        if not fits:
+            raise ValueError(
+                f"no supercell holds {n} atoms or a multiple of it; sizes here: {self.site_counts}"
+            )
+        lattice, cell = fits[int(rng.integers(len(fits)))]
+        k = len(cell) // n
+        occupation = np.repeat(list(counts), [k * int(round(a)) for a in counts.values()])
+        rng.shuffle(occupation)
+        structure = Structure(cell.lattice, list(occupation), cell.frac_coords)
+        return Candidate(_scaled(structure), f"{self.name}:{lattice}")
+
+
+class MutationGenerator:
+    """Swap two unlike atoms or substitute one atom of a parent structure.
+
+    Parameters
+    ----------
+    elements : symbols a substitution may introduce
+    max_species : most distinct elements a mutant may hold
+    """
+
+    name = "mutation"
+
+    def __init__(self, elements: Sequence[str], max_species: int = 3):
+        self.elements = list(elements)
+        self.max_species = max_species
+
+    def mutate(self, parent: Candidate, rng: np.random.Generator) -> Candidate | None:
+        """One mutant of ``parent``, or None when no mutation applies."""
+        structure = parent.structure.copy()
+        species = [site.specie.symbol for site in structure]
+        unlike = len(set(species)) > 1
+        if unlike and rng.random() < 0.5:
+            i = int(rng.integers(len(species)))
+            others = [j for j, s in enumerate(species) if s != species[i]]
+            j = int(rng.choice(others))
+            structure.replace(i, species[j])
+            structure.replace(j, species[i])
+            kind = "swap"
+        else:
+            i = int(rng.integers(len(species)))
+            present = set(species)
+            options = [e for e in self.elements if e != species[i]]
+            if len(present) >= self.max_species and species.count(species[i]) > 1:
+                options = [e for e in options if e in present]
+            if not options:
+                return None
+            structure.replace(i, str(rng.choice(options)))
+            structure = _scaled(structure)
+            kind = "substitute"
+        return Candidate(structure, f"{self.name}:{kind}", parent=parent.fingerprint)
+
+
+def propose_candidates(
+    n: int,
+    rng: np.random.Generator,
+    decorator: DecorationGenerator,
+    mutator: MutationGenerator | None = None,
+    parents: Sequence[Candidate] = (),
+    mutation_fraction: float = 0.5,
+    exclude: Iterable[str] = (),
+    max_tries: int = 20,
+) -> list[Candidate]:
+    """Up to ``n`` distinct candidates, none in ``exclude`` and none equal to a parent.
+
+    A share ``mutation_fraction`` comes from mutating ``parents`` (when there are
+    any); the rest are decorations. Stops early when ``max_tries * n`` draws give
+    no more new structures (a small, exhausted search space).
+    """
+    seen = set(exclude) | {p.fingerprint for p in parents}
+    out: list[Candidate] = []
+    n_mut = int(round(mutation_fraction * n)) if (mutator and parents) else 0
+    for _ in range(max_tries * max(n_mut, 1)):
+        if len(out) >= n_mut:
+            break
+        parent = parents[int(rng.integers(len(parents)))]
+        cand = mutator.mutate(parent, rng)
+        if cand is not None and cand.fingerprint not in seen:
+            seen.add(cand.fingerprint)
+            out.append(cand)
+    for _ in range(max_tries * n):
+        if len(out) >= n:
+            break
+        cand = decorator.sample(rng)
+        if cand.fingerprint not in seen:
+            seen.add(cand.fingerprint)
+            out.append(cand)
+    return out

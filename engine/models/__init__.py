@@ -1,0 +1,1 @@
+"""Surrogates that know their uncertainty, target transforms, metrics and model selection."""

@@ -1,0 +1,1 @@
+"""The campaign store, the source of truth."""

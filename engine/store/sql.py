@@ -1,0 +1,634 @@
+"""The campaign store: the source of truth for every campaign.
+
+SQLAlchemy 2; a SQLite file by default, any SQLAlchemy URL (PostgreSQL) by
+configuration. Each evaluation is claimed (a row with status ``running``)
+before it is dispatched and completed when it returns, so a campaign that
+stops for any reason continues where it stopped and never evaluates a
+candidate twice.
+
+Evaluation statuses: ``running`` (claimed, not finished), ``accepted`` (training
+data), ``needs_review`` (flagged as anomalous; out of training until a person
+decides), ``rejected`` (a person said no), ``failed`` (no usable result).
+
+Idempotency: an evaluation is identified by its ``key``, a hash of (campaign,
+canonical candidate fingerprint, adapter name, adapter parameters); the store
+holds at most one evaluation per key, so a repeated claim returns the existing
+one instead of paying again.
+
+Secrets: adapter parameters and campaign configurations are stored with every
+value whose name looks secret (token, password, secret, key, credential) replaced
+by ``"***"``. Adapters must read secrets from environment variables, never from
+the campaign file.
+
+Schema versions: the ``schema_version`` table holds the version a database was
+written with; opening an older database runs the ordered functions in
+:data:`MIGRATIONS` once, inside one transaction. A database from a newer
+matforge is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+from pymatgen.core import Structure
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+STATUSES = ("running", "accepted", "needs_review", "rejected", "failed")
+FINISHED = ("accepted", "needs_review", "rejected", "failed")
+SCHEMA_VERSION = 2
+"""Version of the tables below; bump it and append to :data:`MIGRATIONS` on every change."""
+
+REDACTED = "***"
+SECRET_NAME = re.compile(r"token|passw|secret|key|credential|auth", re.IGNORECASE)
+"""Parameter names whose values are never stored."""
+
+
+class SchemaError(RuntimeError):
+    """A database this matforge cannot open; the message says why."""
+
+
+def redact(value: Any) -> Any:
+    """``value`` made JSON-safe with every secret-looking mapping entry replaced by ``"***"``."""
+    if isinstance(value, dict):
+        return {
+            str(k): REDACTED if SECRET_NAME.search(str(k)) else redact(v) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return json.loads(json.dumps(value, default=str))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities written as strings, which every database's JSON accepts."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(redact(value), sort_keys=True, separators=(",", ":"))
+
+
+def evaluation_key(
+    campaign: str, fingerprint: str, adapter: str, parameters: dict[str, Any]
+) -> str:
+    """The idempotency key of one evaluation: sha256 of campaign, candidate, adapter, parameters.
+
+    Parameters are hashed after redaction, so rotating a secret does not make
+    finished work look new.
+    """
+    params = hashlib.sha256(_canonical(parameters).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([campaign, fingerprint, adapter, params]).encode()).hexdigest()
+
+
+class Claim(NamedTuple):
+    """What :meth:`CampaignStore.claim` found or made; ``new`` is True for the one claimer."""
+
+    id: int
+    status: str
+    new: bool
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CandidateRow(Base):
+    __tablename__ = "candidates"
+    __table_args__ = (UniqueConstraint("campaign_id", "fingerprint"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    formula: Mapped[str] = mapped_column(String(200))
+    n_atoms: Mapped[int] = mapped_column(Integer)
+    structure: Mapped[dict] = mapped_column(JSON)
+    generator: Mapped[str] = mapped_column(String(100))
+    parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    round: Mapped[int] = mapped_column(Integer)
+
+
+class SchemaVersionRow(Base):
+    __tablename__ = "schema_version"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class EvaluationRow(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("campaign_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    round: Mapped[int] = mapped_column(Integer, index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    adapter: Mapped[str] = mapped_column(String(100))
+    adapter_parameters: Mapped[dict] = mapped_column(JSON)
+    model_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    predicted_mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    predicted_std: Mapped[float | None] = mapped_column(Float, nullable=True)
+    acquisition_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    objective: Mapped[float | None] = mapped_column(Float, nullable=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    review_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    wall_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RoundRow(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("campaign_id", "round"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    n_pool: Mapped[int] = mapped_column(Integer, default=0)
+    info: Mapped[dict] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A read-only view of one evaluation with its candidate."""
+
+    id: int
+    round: int
+    status: str
+    fingerprint: str
+    formula: str
+    generator: str
+    structure: dict
+    objective: float | None
+    predicted_mean: float | None
+    predicted_std: float | None
+    acquisition_value: float | None
+    model_version: str | None
+    adapter: str
+    result: dict | None
+    error: str | None
+    key: str | None = None
+
+    def input_structure(self) -> Structure:
+        return Structure.from_dict(self.structure)
+
+
+def _sqlite_pragmas(dbapi_connection, _record):
+    # the driver's own transaction handling is off: every transaction starts with
+    # BEGIN IMMEDIATE (below), so DDL in a migration is transactional and two
+    # writers never both read "not claimed yet"
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(connection):
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for ``url``; SQLite files run in WAL mode with immediate transactions."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Version 1 keyed evaluations by (campaign, candidate, adapter): add the idempotency key.
+
+    Rows are read, the table is rebuilt with the ``key`` column and its unique
+    constraint, and every row is written back with its key and redacted parameters.
+    Version 2 only added ``key``, so the current columns minus ``key`` are version 1's.
+    """
+    evaluations = EvaluationRow.__table__
+    candidates = CandidateRow.__table__
+    campaigns = CampaignRow.__table__
+    v1_columns = [c for c in evaluations.columns if c.name != "key"]
+    old = conn.execute(
+        select(
+            *v1_columns,
+            candidates.c.fingerprint.label("_fp"),
+            campaigns.c.name.label("_campaign"),
+        )
+        .select_from(
+            evaluations.join(candidates, candidates.c.id == evaluations.c.candidate_id).join(
+                campaigns, campaigns.c.id == evaluations.c.campaign_id
+            )
+        )
+        .order_by(evaluations.c.id)
+    ).mappings().all()
+    evaluations.drop(conn)
+    evaluations.create(conn)
+    rows = []
+    for r in old:
+        row = {c.name: r[c.name] for c in v1_columns}
+        params = r["adapter_parameters"] or {}
+        row["adapter_parameters"] = redact(params)
+        row["key"] = evaluation_key(r["_campaign"], r["_fp"], r["adapter"], params)
+        rows.append(row)
+    if rows:
+        conn.execute(evaluations.insert(), rows)
+        if conn.dialect.name == "postgresql":
+            # rows came back with their ids: move the id sequence past them
+            conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('evaluations', 'id'), "
+                    "(SELECT MAX(id) FROM evaluations))"
+                )
+            )
+    for cid, config in conn.execute(select(campaigns.c.id, campaigns.c.config)).all():
+        conn.execute(campaigns.update().where(campaigns.c.id == cid).values(config=redact(config)))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+"""``MIGRATIONS[v]`` turns a version-``v`` database into version ``v + 1``."""
+
+
+def _stored_version(conn: Connection) -> int | None:
+    tables = set(inspect(conn).get_table_names())
+    if "schema_version" in tables:
+        version = conn.execute(select(func.max(SchemaVersionRow.version))).scalar()
+        if version is not None:
+            return int(version)
+    # matforge before versioning wrote these tables and no version
+    return 1 if "evaluations" in tables else None
+
+
+def prepare_schema(engine: Engine) -> int | None:
+    """Create or upgrade the tables in one transaction; returns the version found (None: new)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # one process migrates, the others wait and then find it done
+            conn.execute(text("SELECT pg_advisory_xact_lock(4015573)"))
+        found = _stored_version(conn)
+        if found is not None and found > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the store was written by a newer matforge (schema version {found}; this "
+                f"matforge reads up to {SCHEMA_VERSION}): upgrade matforge to open it"
+            )
+        if found is not None:
+            for version in range(found, SCHEMA_VERSION):
+                MIGRATIONS[version](conn)
+        Base.metadata.create_all(conn)
+        if found != SCHEMA_VERSION:
+            conn.execute(SchemaVersionRow.__table__.delete())
+            conn.execute(SchemaVersionRow.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+        return found
+
+
+class CampaignStore:
+    """All campaigns in one database.
+
+    Parameters
+    ----------
+    url : SQLAlchemy URL, e.g. ``sqlite:///campaigns.db`` or
+        ``postgresql+psycopg2://user@host/db``
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        try:
+            prepare_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # campaigns -------------------------------------------------------------
+
+    def campaign_id(self, name: str, config: dict[str, Any] | None = None) -> int:
+        """The id of campaign ``name``, created with ``config`` when it is new.
+
+        An existing campaign keeps its id and gets ``config`` as its latest
+        configuration (so a larger budget continues it). Secret-looking values
+        are redacted before they are stored.
+        """
+        if config is not None:
+            config = redact(config)
+        try:
+            return self._campaign_id(name, config)
+        except IntegrityError:
+            # another process created it between our read and our insert: read theirs
+            return self._campaign_id(name, config)
+
+    def _campaign_id(self, name: str, config: dict[str, Any] | None) -> int:
+        with self._session.begin() as s:
+            row = s.scalar(select(CampaignRow).where(CampaignRow.name == name))
+            if row is None:
+                if config is None:
+                    raise KeyError(f"no campaign named {name!r} in {self.url}")
+                row = CampaignRow(name=name, config=config)
+                s.add(row)
+                s.flush()
+            elif config is not None:
+                row.config = config
+            return row.id
+
+    def campaign_names(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(CampaignRow.name).order_by(CampaignRow.id)))
+
+    def campaign_config(self, name: str) -> dict:
+        with self._session() as s:
+            row = s.scalar(select(CampaignRow).where(CampaignRow.name == name))
+            if row is None:
+                raise KeyError(f"no campaign named {name!r} in {self.url}")
+            return dict(row.config)
+
+    # candidates and evaluations ------------------------------------------
+
+    def fingerprints(self, campaign_id: int, before_round: int | None = None) -> set[str]:
+        """Fingerprints of the candidates dispatched (in rounds before ``before_round``)."""
+        with self._session() as s:
+            q = select(CandidateRow.fingerprint).where(CandidateRow.campaign_id == campaign_id)
+            if before_round is not None:
+                q = q.where(CandidateRow.round < before_round)
+            return set(s.scalars(q))
+
+    def claim(
+        self,
+        campaign_id: int,
+        round: int,
+        structure: Structure,
+        fingerprint: str,
+        generator: str,
+        adapter: str,
+        adapter_parameters: dict[str, Any],
+        parent: str | None = None,
+        model_version: str | None = None,
+        predicted_mean: float | None = None,
+        predicted_std: float | None = None,
+        acquisition_value: float | None = None,
+    ) -> Claim:
+        """Record a candidate and claim its evaluation before dispatch.
+
+        Returns the evaluation's id, status and whether this call made the claim.
+        An evaluation with the same idempotency key (:func:`evaluation_key`) is
+        returned as it is, so a repeated round never pays for it twice; of
+        concurrent callers exactly one gets ``new=True``.
+        """
+        for attempt in range(5):
+            try:
+                return self._claim(
+                    campaign_id, round, structure, fingerprint, generator, adapter,
+                    adapter_parameters, parent, model_version, predicted_mean,
+                    predicted_std, acquisition_value,
+                )
+            except IntegrityError:
+                # another process inserted the same candidate or key first: read theirs
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _claim(
+        self, campaign_id, round, structure, fingerprint, generator, adapter, adapter_parameters,
+        parent, model_version, predicted_mean, predicted_std, acquisition_value,
+    ) -> Claim:
+        with self._session.begin() as s:
+            campaign = s.get(CampaignRow, campaign_id)
+            if campaign is None:
+                raise KeyError(f"no campaign with id {campaign_id} in {self.url}")
+            key = evaluation_key(campaign.name, fingerprint, adapter, adapter_parameters)
+            taken = s.scalar(
+                select(EvaluationRow).where(
+                    EvaluationRow.campaign_id == campaign_id, EvaluationRow.key == key
+                )
+            )
+            if taken is not None:
+                return Claim(taken.id, taken.status, False)
+            cand = s.scalar(
+                select(CandidateRow).where(
+                    CandidateRow.campaign_id == campaign_id, CandidateRow.fingerprint == fingerprint
+                )
+            )
+            if cand is None:
+                cand = CandidateRow(
+                    campaign_id=campaign_id,
+                    fingerprint=fingerprint,
+                    formula=structure.composition.formula.replace(" ", ""),
+                    n_atoms=len(structure),
+                    structure=structure.as_dict(),
+                    generator=generator,
+                    parent=parent,
+                    round=round,
+                )
+                s.add(cand)
+                s.flush()
+            row = EvaluationRow(
+                campaign_id=campaign_id,
+                candidate_id=cand.id,
+                key=key,
+                round=round,
+                status="running",
+                adapter=adapter,
+                adapter_parameters=redact(adapter_parameters),
+                model_version=model_version,
+                predicted_mean=predicted_mean,
+                predicted_std=predicted_std,
+                acquisition_value=acquisition_value,
+            )
+            s.add(row)
+            s.flush()
+            return Claim(row.id, row.status, True)
+
+    def complete(
+        self,
+        evaluation_id: int,
+        status: str,
+        objective: float | None = None,
+        result: dict | None = None,
+        error: str | None = None,
+        wall_time: float | None = None,
+    ) -> bool:
+        """Store the outcome of a claimed evaluation; NaN and infinities in ``result`` become text.
+
+        Returns False, and changes nothing, when the evaluation has already
+        finished: the first stored outcome is never overwritten.
+        """
+        if status not in FINISHED:
+            raise ValueError(f"status {status!r} is not one of {FINISHED}")
+        with self._session.begin() as s:
+            row = s.get(EvaluationRow, evaluation_id)
+            if row is None:
+                raise KeyError(f"no evaluation {evaluation_id}")
+            if row.status != "running":
+                return False
+            row.status = status
+            row.objective = objective
+            row.result = None if result is None else json_safe(result)
+            row.error = error
+            row.wall_time = wall_time
+            row.finished_at = utcnow()
+            return True
+
+    def status(self, evaluation_id: int) -> str:
+        """The current status of one evaluation."""
+        with self._session() as s:
+            status = s.scalar(select(EvaluationRow.status).where(EvaluationRow.id == evaluation_id))
+        if status is None:
+            raise KeyError(f"no evaluation {evaluation_id}")
+        return status
+
+    def set_status(self, evaluation_ids: list[int], status: str, note: str | None = None) -> int:
+        """Change finished evaluations' status (flagging and review); returns how many changed."""
+        if status not in FINISHED:
+            raise ValueError(f"status {status!r} is not one of {FINISHED}")
+        with self._session.begin() as s:
+            rows = s.scalars(select(EvaluationRow).where(EvaluationRow.id.in_(evaluation_ids)))
+            n = 0
+            for row in rows:
+                if row.status == "running":
+                    raise ValueError(f"evaluation {row.id} has not finished")
+                row.status = status
+                if note is not None:
+                    row.review_note = note
+                n += 1
+            return n
+
+    def evaluations(
+        self, campaign_id: int, statuses: tuple[str, ...] | None = None, round: int | None = None
+    ) -> list[Evaluation]:
+        """Evaluations of a campaign in the order they were claimed."""
+        q = (
+            select(EvaluationRow, CandidateRow)
+            .join(CandidateRow, EvaluationRow.candidate_id == CandidateRow.id)
+            .where(EvaluationRow.campaign_id == campaign_id)
+            .order_by(EvaluationRow.id)
+        )
+        if statuses is not None:
+            q = q.where(EvaluationRow.status.in_(statuses))
+        if round is not None:
+            q = q.where(EvaluationRow.round == round)
+        with self._session() as s:
+            return [
+                Evaluation(
+                    id=e.id,
+                    round=e.round,
+                    status=e.status,
+                    fingerprint=c.fingerprint,
+                    formula=c.formula,
+                    generator=c.generator,
+                    structure=c.structure,
+                    objective=e.objective,
+                    predicted_mean=e.predicted_mean,
+                    predicted_std=e.predicted_std,
+                    acquisition_value=e.acquisition_value,
+                    model_version=e.model_version,
+                    adapter=e.adapter,
+                    result=e.result,
+                    error=e.error,
+                    key=e.key,
+                )
+                for e, c in s.execute(q)
+            ]
+
+    def count(
+        self,
+        campaign_id: int,
+        statuses: tuple[str, ...] = FINISHED,
+        before_round: int | None = None,
+    ) -> int:
+        """How many evaluations have one of ``statuses`` (in rounds before ``before_round``)."""
+        with self._session() as s:
+            q = select(func.count(EvaluationRow.id)).where(
+                EvaluationRow.campaign_id == campaign_id, EvaluationRow.status.in_(statuses)
+            )
+            if before_round is not None:
+                q = q.where(EvaluationRow.round < before_round)
+            return int(s.scalar(q))
+
+    # rounds -----------------------------------------------------------------
+
+    def start_round(self, campaign_id: int, round: int, n_pool: int, model_version: str | None) -> None:
+        with self._session.begin() as s:
+            row = s.scalar(
+                select(RoundRow).where(RoundRow.campaign_id == campaign_id, RoundRow.round == round)
+            )
+            if row is None:
+                s.add(RoundRow(campaign_id=campaign_id, round=round, n_pool=n_pool, model_version=model_version, info={}))
+
+    def finish_round(self, campaign_id: int, round: int, info: dict[str, Any]) -> None:
+        with self._session.begin() as s:
+            row = s.scalar(
+                select(RoundRow).where(RoundRow.campaign_id == campaign_id, RoundRow.round == round)
+            )
+            if row is None:
+                raise KeyError(f"round {round} was never started")
+            row.info = json.loads(json.dumps(info, default=float))
+            row.finished_at = utcnow()
+
+    def last_round(self, campaign_id: int) -> int:
+        """The highest round number with a claimed evaluation or a started round; -1 if none."""
+        with self._session() as s:
+            a = s.scalar(select(func.max(EvaluationRow.round)).where(EvaluationRow.campaign_id == campaign_id))
+            b = s.scalar(select(func.max(RoundRow.round)).where(RoundRow.campaign_id == campaign_id))
+        values = [v for v in (a, b) if v is not None]
+        return max(values) if values else -1
+
+    def rounds(self, campaign_id: int) -> list[dict[str, Any]]:
+        with self._session() as s:
+            q = select(RoundRow).where(RoundRow.campaign_id == campaign_id).order_by(RoundRow.round)
+            return [
+                {
+                    "round": r.round,
+                    "model_version": r.model_version,
+                    "n_pool": r.n_pool,
+                    "info": r.info,
+                    "finished": r.finished_at is not None,
+                }
+                for r in s.scalars(q)
+            ]

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import numpy as np
+from matforge.engine.materials.generate import (
+    Candidate,
+    DecorationGenerator,
+    MutationGenerator,
+    propose_candidates,
+)
+from matforge.engine.materials.structures import fingerprint, vegard_volume
+
+ELEMENTS = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt"]
+
+
+def test_decorations_respect_the_settings():
+    gen = DecorationGenerator(ELEMENTS, lattices=["fcc", "bcc"], max_atoms=8, max_species=2)
+    pool = propose_candidates(100, np.random.default_rng(0), gen)
+    assert len(pool) == 100
+    assert len({c.fingerprint for c in pool}) == 100
+    for c in pool:
+        symbols = {el.symbol for el in c.structure.composition}
+        assert symbols <= set(ELEMENTS)
+        assert 2 <= len(symbols) <= 2
+        assert 2 <= len(c.structure) <= 8
+        assert c.generator in ("decoration:fcc", "decoration:bcc")
+        assert c.structure.volume == __import__("pytest").approx(vegard_volume(c.structure))
+
+
+def test_same_seed_same_pool():
+    gen = DecorationGenerator(ELEMENTS)
+    a = propose_candidates(30, np.random.default_rng(7), gen)
+    b = propose_candidates(30, np.random.default_rng(7), gen)
+    assert [c.fingerprint for c in a] == [c.fingerprint for c in b]
+
+
+def test_excluded_fingerprints_are_never_proposed():
+    gen = DecorationGenerator(["Cu", "Au"], lattices=["fcc"], max_atoms=4)
+    first = propose_candidates(500, np.random.default_rng(0), gen)
+    # a tiny space: the generator runs out instead of repeating itself
+    assert 0 < len(first) < 500
+    again = propose_candidates(10, np.random.default_rng(1), gen, exclude={c.fingerprint for c in first})
+    assert again == []
+
+
+def test_mutations_come_from_parents():
+    gen = DecorationGenerator(ELEMENTS, max_species=3)
+    mut = MutationGenerator(ELEMENTS, max_species=3)
+    rng = np.random.default_rng(0)
+    parents = propose_candidates(3, rng, gen)
+    pool = propose_candidates(40, rng, gen, mut, parents, mutation_fraction=0.5)
+    mutants = [c for c in pool if c.generator.startswith("mutation")]
+    assert len(mutants) == 20
+    parent_fps = {p.fingerprint for p in parents}
+    for m in mutants:
+        assert m.parent in parent_fps
+        assert m.fingerprint not in parent_fps
+        assert len(m.structure.composition) <= 3
+
+
+def test_fingerprint_sees_symmetry_equivalent_decorations_as_one():
+    gen = DecorationGenerator(["Cu", "Au"], lattices=["fcc"], max_atoms=4)
+    c = gen.sample(np.random.default_rng(2))
+    s = c.structure.copy()
+    s.translate_sites(range(len(s)), [0.5, 0.5, 0.0])
+    assert fingerprint(s) == c.fingerprint
+    assert Candidate(s * (1, 2, 1), "x").fingerprint == c.fingerprint
