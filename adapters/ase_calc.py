@@ -16,10 +16,11 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
-from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator
-from matforge.engine.materials.structures import atomic_volume
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
+
+from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator
+from matforge.engine.materials.structures import atomic_volume
 
 
 class ASECalculatorEvaluator(Evaluator):

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
 from matforge.engine.loop.pool import PoolTable, read_table
 
 

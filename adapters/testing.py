@@ -13,10 +13,11 @@ import os
 import time
 from pathlib import Path
 
+from pymatgen.core import Structure
+
 from matforge.adapters.ase_calc import EMTEvaluator
 from matforge.adapters.base import EvaluationError, EvaluationResult
 from matforge.engine.materials.structures import fingerprint
-from pymatgen.core import Structure
 
 
 class LedgerEMTEvaluator(EMTEvaluator):

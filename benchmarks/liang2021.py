@@ -68,6 +68,7 @@ def gp_ucb(X_train, y_train, X_pool, n, maximize=True, seed=0):
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
     from gpytorch.mlls import ExactMarginalLogLikelihood
+
     from matforge.engine.acquisition.strategy import unit_scale
 
     torch.manual_seed(seed)
@@ -123,9 +124,10 @@ def one_run(args) -> dict:
 
 def coverage(path, target, minimize, params=None, seed=0) -> float:
     """Share of held-out points inside the default GP's 90 % predictive interval (5-fold CV)."""
+    from sklearn.model_selection import KFold
+
     from matforge.engine.acquisition.strategy import Strategy
     from matforge.engine.loop.pool import read_table
-    from sklearn.model_selection import KFold
 
     warnings.filterwarnings("ignore")
     table = read_table(path, target, minimize)

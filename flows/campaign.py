@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pymatgen.core import Structure
+
 from matforge.adapters import load_evaluator
 from matforge.engine.config import CampaignConfig, EvaluatorSettings
 from matforge.engine.loop import campaign as engine
@@ -22,12 +29,6 @@ from matforge.engine.materials.generate import Candidate
 from matforge.engine.materials.structures import StructureError, check_structure
 from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation
 from matforge.engine.validation import ResultError, validate_result
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
-from pymatgen.core import Structure
 
 TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 

@@ -33,8 +33,8 @@ def _progress(config: CampaignConfig):
     """A rich renderable callback showing the campaign's state, read from the store."""
     from rich.text import Text
 
-    from matforge.engine.campaign import rank_by_objective
-    from matforge.engine.store import FINISHED, CampaignStore
+    from matforge.engine.loop.campaign import rank_by_objective
+    from matforge.engine.store.sql import FINISHED, CampaignStore
 
     store = CampaignStore(config.store)
     maximize = config.objective.is_maximized()
@@ -142,7 +142,7 @@ def _run(config: CampaignConfig, args, api: str) -> int:
 
 def _open(target: str, store_url: str | None):
     """The store and campaign name for a campaign file or a campaign name."""
-    from matforge.engine.store import CampaignStore
+    from matforge.engine.store.sql import CampaignStore
 
     if Path(target).is_file():
         config = load_config(target)
@@ -190,8 +190,13 @@ def cmd_benchmark_pool(args) -> int:
     import json
 
     from matforge.adapters.table import TableEvaluator
-    from matforge.engine.pool import TableError, experiments_to_find, run_pool_campaign, top_rows
-    from matforge.engine.strategy import Strategy
+    from matforge.engine.acquisition.strategy import Strategy
+    from matforge.engine.loop.pool import (
+        TableError,
+        experiments_to_find,
+        run_pool_campaign,
+        top_rows,
+    )
 
     for flag, value, low in (("--budget", args.budget, 1), ("--repeats", args.repeats, 1),
                              ("--init", args.init, 1), ("--batch", args.batch, 1),

@@ -20,9 +20,10 @@ from botorch.acquisition.monte_carlo import qUpperConfidenceBound
 from botorch.acquisition.objective import GenericMCObjective
 from botorch.optim import optimize_acqf_discrete
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
+from torch import Tensor
+
 from matforge.engine.models.gp import DTYPE, HyperparameterMixture, as_tensor
 from matforge.engine.validation import positive_int
-from torch import Tensor
 
 ACQUISITIONS = ("ptop", "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore")
 """Acquisition kinds :func:`select_batch` knows."""

@@ -19,11 +19,12 @@ from botorch.acquisition.logei import qLogExpectedImprovement
 from botorch.acquisition.monte_carlo import qUpperConfidenceBound
 from botorch.acquisition.objective import GenericMCObjective
 from botorch.optim import optimize_acqf
+from pymatgen.core import Composition, Element
+
 from matforge.engine.acquisition.batch import to_model_scale
 from matforge.engine.materials.generate import Candidate, DecorationGenerator
 from matforge.engine.models.gp import DTYPE
 from matforge.engine.validation import positive_int
-from pymatgen.core import Composition, Element
 
 INVERSE_ACQUISITIONS = ("qlogei", "ucb")
 """Acquisitions :func:`optimize_fractions` can maximize."""

@@ -19,6 +19,7 @@ from botorch.sampling import SobolQMCNormalSampler
 from botorch.utils.multi_objective.box_decompositions.dominated import DominatedPartitioning
 from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
+
 from matforge.engine.acquisition.batch import _rows_to_indices, rows_not_pending, to_model_scale
 from matforge.engine.models.gp import DTYPE, as_tensor
 from matforge.engine.validation import positive_int

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from matforge.engine.acquisition.batch import (
     ACQUISITIONS,
     TOP_SHARE,

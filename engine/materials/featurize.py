@@ -12,8 +12,9 @@ from functools import lru_cache
 from itertools import combinations_with_replacement
 
 import numpy as np
-from matforge.engine.materials.structures import reduced_neighbors
 from pymatgen.core import Element, Structure
+
+from matforge.engine.materials.structures import reduced_neighbors
 
 ELEMENT_PROPERTIES = ("X", "atomic_radius", "melting_point", "group", "row")
 

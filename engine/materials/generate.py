@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
-from matforge.engine.materials.structures import fingerprint, vegard_volume
 from pymatgen.core import Composition, Lattice, Structure
+
+from matforge.engine.materials.structures import fingerprint, vegard_volume
 
 PRIMITIVE_CELLS = {
     # lattice vectors in units of the cubic (or hexagonal a) lattice constant

@@ -16,13 +16,14 @@ from botorch.models.ensemble import EnsembleModel
 from botorch.models.model import Model
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from gpytorch.distributions import MultivariateNormal
-from matforge.engine.models.gp import DTYPE, as_tensor
-from matforge.engine.models.metrics import check_training_data
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import BayesianRidge, LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
+
+from matforge.engine.models.gp import DTYPE, as_tensor
+from matforge.engine.models.metrics import check_training_data
 
 STD_FLOOR = 1e-3
 """Smallest forest std, as a fraction of the training target's std: trees that all

@@ -23,6 +23,7 @@ from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scal
 from gpytorch.kernels import InducingPointKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
+
 from matforge.engine.models.transforms import Y_TRANSFORMS
 
 DTYPE = torch.float64

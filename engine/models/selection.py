@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from matforge.engine.models.ensemble import DeepEnsembleSurrogate
 from matforge.engine.models.forest import RandomForestSurrogate, RidgeSurrogate
 from matforge.engine.models.gp import GPSurrogate

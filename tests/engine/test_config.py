@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from matforge.engine.config import ConfigError, load_config, parse_config
 from matforge.engine.loop.campaign import strategy as campaign_strategy
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from ase.build import bulk
+from pymatgen.io.ase import AseAtomsAdaptor
+
 from matforge.adapters.ase_calc import EMTEvaluator
 from matforge.engine.validation import ResultError, positive_int, validate_result
-from pymatgen.io.ase import AseAtomsAdaptor
 
 OBJ = "formation_energy_per_atom"
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
 from matforge.engine.config import load_config
 from matforge.engine.store.sql import CampaignStore
 from matforge.flows.campaign import campaign_flow
 from matforge.flows.cli import main
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 CAMPAIGN = {
     "name": "flow-test",

@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from matforge.engine.store.sql import CampaignStore
 from prefect.flows import load_flow_from_entrypoint
+
+from matforge.engine.store.sql import CampaignStore
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.context import get_run_context
+from pymatgen.core import Lattice, Structure
+
 from matforge.adapters.testing import FlakyEMTEvaluator
 from matforge.engine.config import CampaignConfig, parse_config
 from matforge.engine.materials.structures import fingerprint
 from matforge.engine.store.sql import CampaignStore
 from matforge.flows.campaign import _training, campaign_flow, evaluate_task, retry_policy
-from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.context import get_run_context
-from pymatgen.core import Lattice, Structure
 
 RETRIES = 1
 TIMEOUT = 3.0

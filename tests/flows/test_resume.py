@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from matforge.engine.store.sql import FINISHED, CampaignStore
 
 pytestmark = pytest.mark.slow
@@ -194,9 +195,10 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_pays_nothing_twice(
 
 def test_a_round_stopped_after_its_last_result_is_finished_on_resume(prefect_server, tmp_path):
     """Killed after the budget's last commit but before flagging: the resumed run flags it."""
+    from sqlalchemy import text
+
     from matforge.engine.config import load_config
     from matforge.flows.campaign import campaign_flow
-    from sqlalchemy import text
 
     config = load_config(_campaign(tmp_path / "c"))
     campaign_flow(config)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import yaml
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
 from matforge.engine.config import load_config
 from matforge.engine.store.sql import CampaignStore
 from matforge.flows.campaign import _training, campaign_flow, review_artifact_task
 from matforge.flows.cli import main
-from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 
 def test_review_holds_results_out_until_a_person_decides(prefect_server, tmp_path, capsys):

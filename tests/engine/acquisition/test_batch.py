@@ -7,6 +7,7 @@ import pytest
 import torch
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
+
 from matforge.engine.acquisition.batch import ACQUISITIONS, select_batch
 from matforge.engine.models.gp import GPSurrogate, as_tensor
 
@@ -216,8 +217,9 @@ def test_pucb_trades_predicted_value_for_uncertainty_by_beta():
 
 
 def test_top_threshold_leaves_the_asked_share_above_it():
-    from matforge.engine.acquisition.batch import top_threshold
     from scipy.stats import norm
+
+    from matforge.engine.acquisition.batch import top_threshold
 
     observed = np.arange(10.0)  # results only: tau sits between the 3rd and 4th best
     assert 6.0 <= top_threshold(np.empty(0), np.empty(0), observed, 3) < 7.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from matforge.engine.config import ConfigError, parse_config
 from matforge.engine.loop import campaign as engine
 

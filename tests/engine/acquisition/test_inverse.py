@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pymatgen.core import Composition
+
 from matforge.engine.acquisition.inverse import (
     composition_candidates,
     largest_remainder_counts,
@@ -14,7 +16,6 @@ from matforge.engine.acquisition.inverse import (
 )
 from matforge.engine.materials.generate import DecorationGenerator
 from matforge.engine.models.gp import GPSurrogate
-from pymatgen.core import Composition
 
 ELEMENTS = ["Cu", "Ni", "Al"]
 OPTIMUM = np.array([0.5, 0.25, 0.25])

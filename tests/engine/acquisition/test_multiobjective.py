@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from botorch.test_functions.multi_objective import BraninCurrin
+from torch.quasirandom import SobolEngine
+
 from matforge.engine.acquisition.multiobjective import (
     default_ref_point,
     hypervolume,
@@ -14,7 +16,6 @@ from matforge.engine.acquisition.multiobjective import (
     select_pareto_batch,
 )
 from matforge.engine.models.gp import GPSurrogate
-from torch.quasirandom import SobolEngine
 
 
 def test_pareto_mask_respects_the_direction_of_each_objective():

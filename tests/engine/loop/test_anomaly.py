@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from matforge.engine.loop.anomaly import flag_anomalies, residual_scores
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from pymatgen.core import Lattice, Structure
+
 from matforge.engine.config import ConfigError, parse_config
 from matforge.engine.loop import campaign as engine
-from pymatgen.core import Lattice, Structure
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from matforge.adapters.table import TableEvaluator
 from matforge.engine.acquisition.strategy import Strategy
 from matforge.engine.loop.pool import (

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.core.operations import SymmOp
+
 from matforge.engine.materials.featurize import (
     CompositionFeaturizer,
     MaterialFeaturizer,
     standardize,
 )
 from matforge.engine.materials.generate import DecorationGenerator
-from pymatgen.core import Lattice, Structure
-from pymatgen.core.operations import SymmOp
 
 ELEMENTS = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt"]
 

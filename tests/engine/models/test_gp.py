@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from matforge.engine.models.gp import GPSurrogate
 from matforge.engine.models.transforms import GaussianCopula
 
@@ -215,6 +216,7 @@ def test_empirical_measurement_noise_keeps_one_sided_failures_one_sided():
 def test_kernel_matrix_is_gpytorchs_matern_and_rbf():
     import torch
     from gpytorch.kernels import MaternKernel, RBFKernel
+
     from matforge.engine.models.gp import kernel_matrix
 
     rng = np.random.default_rng(0)

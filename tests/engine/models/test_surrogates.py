@@ -8,6 +8,7 @@ import torch
 from botorch.acquisition.logei import qLogExpectedImprovement
 from botorch.acquisition.monte_carlo import qUpperConfidenceBound
 from botorch.optim import optimize_acqf_discrete
+
 from matforge.engine.acquisition.batch import select_batch
 from matforge.engine.models.ensemble import DeepEnsembleSurrogate
 from matforge.engine.models.forest import (

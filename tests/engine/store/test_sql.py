@@ -10,13 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from matforge.engine.store.sql import (
-    SCHEMA_VERSION,
-    CampaignStore,
-    SchemaError,
-    evaluation_key,
-    utcnow,
-)
 from pymatgen.core import Lattice, Structure
 from sqlalchemy import (
     JSON,
@@ -32,6 +25,14 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     text,
+)
+
+from matforge.engine.store.sql import (
+    SCHEMA_VERSION,
+    CampaignStore,
+    SchemaError,
+    evaluation_key,
+    utcnow,
 )
 
 

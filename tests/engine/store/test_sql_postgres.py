@@ -13,8 +13,9 @@ import sys
 import time
 
 import pytest
-from matforge.engine.store.sql import SCHEMA_VERSION, CampaignStore
 from sqlalchemy import text
+
+from matforge.engine.store.sql import SCHEMA_VERSION, CampaignStore
 
 pytestmark = pytest.mark.postgres
 
