@@ -136,7 +136,8 @@ def limit_threads(settings: MatforgeSettings | None = None) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
-    # torch applies this to every thread, the task runner's workers included
+    # torch applies this to every thread, the task runner's workers included; OpenBLAS's
+    # limit is process-wide, scikit-learn's OpenMP limit holds in this thread only
     torch.set_num_threads(n)
     _thread_limit = threadpool_limits(limits=n)
     return n

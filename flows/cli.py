@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from matforge.engine.config import CampaignConfig, ConfigError, load_config, parse_config
+from matforge.engine.settings import SettingsError, get_settings, limit_threads
 
 EXIT_BAD_INPUT = 2
 
@@ -78,7 +79,8 @@ def _print_summary(config: CampaignConfig, summary: dict) -> None:
     console = Console()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_status"].items()))
     console.print(
-        f"{config.name}: {summary['evaluations']} evaluations in {summary['rounds']} rounds ({counts})"
+        f"{config.name}: {summary['evaluations']} evaluations in {summary['rounds']} rounds"
+        f" ({counts})"
     )
     table = Table(title=f"best by {config.objective.property} ({config.objective.direction})")
     for col in ("evaluation", "formula", "objective", "round", "generator"):
@@ -92,7 +94,8 @@ def _print_summary(config: CampaignConfig, summary: dict) -> None:
                       + ", ".join(f"#{f['evaluation']} {f['formula']}" for f in summary["flagged"]))
     if summary["failed"]:
         console.print(f"{len(summary['failed'])} evaluation(s) failed: "
-                      + "; ".join(f"#{f['evaluation']}: {f['error']}" for f in summary["failed"][:5]))
+                      + "; ".join(f"#{f['evaluation']}: {f['error']}"
+                                  for f in summary["failed"][:5]))
 
 
 def cmd_run(args) -> int:
@@ -147,8 +150,7 @@ def _open(target: str, store_url: str | None):
     if Path(target).is_file():
         config = load_config(target)
         return CampaignStore(store_url or config.store), config.name
-    url = store_url or os.environ.get("MATFORGE_STORE", "sqlite:///matforge.db")
-    return CampaignStore(url), target
+    return CampaignStore(store_url or get_settings().store), target
 
 
 def cmd_status(args) -> int:
@@ -209,7 +211,8 @@ def cmd_benchmark_pool(args) -> int:
         return _fail(str(error))
     pool = table.table
     if args.init > len(pool) or args.init > args.budget:
-        return _fail(f"--init {args.init} is larger than the budget or the table ({len(pool)} rows)")
+        return _fail(f"--init {args.init} is larger than the budget or the table "
+                     f"({len(pool)} rows)")
     try:
         strategy = (
             Strategy(budget=args.budget) if args.strategy == "default"
@@ -273,12 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="replay campaigns against historical data")
     bench_sub = bench.add_subparsers(dest="kind", required=True)
     pool = bench_sub.add_parser(
-        "pool", help="pool-based campaign on a CSV table: numeric columns but the target are features"
+        "pool",
+        help="pool-based campaign on a CSV table: numeric columns but the target are features",
     )
     pool.add_argument("data", metavar="DATA.csv")
     pool.add_argument("--target", required=True, help="the column the 'experiment' measures")
     pool.add_argument("--minimize", action="store_true", help="smaller target is better")
-    pool.add_argument("--budget", type=int, default=100, help="rows picked per repeat, start included")
+    pool.add_argument("--budget", type=int, default=100,
+                      help="rows picked per repeat, start included")
     pool.add_argument("--repeats", type=int, default=1)
     pool.add_argument("--seed", type=int, default=0, help="repeat k uses seed + k")
     pool.add_argument("--init", type=int, default=2, help="random starting rows")
@@ -293,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    try:
+        limit_threads(get_settings())
+    except SettingsError as error:
+        return _fail(str(error))
     return args.func(args)
 
 

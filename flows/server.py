@@ -11,8 +11,10 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 4200
+from matforge.engine.settings import MatforgeSettings, get_settings
+
+DEFAULT_HOST: str = MatforgeSettings.model_fields["prefect_host"].default
+DEFAULT_PORT: int = MatforgeSettings.model_fields["prefect_port"].default
 
 
 def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -43,7 +45,8 @@ def start_server(
     server_env.pop("PREFECT_API_URL", None)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", host, "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -66,18 +69,19 @@ def start_server(
 def ensure_prefect_api() -> str:
     """The Prefect API to report to: the configured one, or a local server.
 
-    Uses ``PREFECT_API_URL`` from Prefect's settings (environment, profile or
-    temporary settings) when set; otherwise reuses the local server at
-    ``MATFORGE_PREFECT_HOST:MATFORGE_PREFECT_PORT`` (127.0.0.1:4200) or starts
-    one there, so campaigns show in the UI and no slow ephemeral server starts.
+    Uses ``MATFORGE_PREFECT_API_URL`` when set, then ``PREFECT_API_URL`` from
+    Prefect's settings (environment, profile or temporary settings); otherwise
+    reuses the local server at ``MATFORGE_PREFECT_HOST:MATFORGE_PREFECT_PORT``
+    (127.0.0.1:4200) or starts one there, so campaigns show in the UI and no slow
+    ephemeral server starts.
     """
     from prefect.settings import PREFECT_API_URL
 
-    configured = PREFECT_API_URL.value()
+    settings = get_settings()
+    configured = settings.prefect_api_url or PREFECT_API_URL.value()
     if configured:
         return configured
-    host = os.environ.get("MATFORGE_PREFECT_HOST", DEFAULT_HOST)
-    port = int(os.environ.get("MATFORGE_PREFECT_PORT", DEFAULT_PORT))
+    host, port = settings.prefect_host, settings.prefect_port
     url = f"http://{host}:{port}/api"
     if not api_healthy(url):
         url, _ = start_server(host, port)

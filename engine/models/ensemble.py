@@ -20,13 +20,10 @@ from torch import Tensor
 
 from matforge.engine.models.metrics import check_training_data
 from matforge.engine.models.gp import DTYPE, as_tensor
+from matforge.engine.settings import get_settings
 
 VARIANCE_FLOOR = 1e-6
 """Smallest member variance, in units of the standardized target's variance."""
-
-MAX_THREADS = 1
-"""Torch threads for fitting and prediction: the members' matrices are so small that
-intra-op threading costs more than it gains, badly so on a machine shared with other work."""
 
 TRAIN_DTYPE = torch.float32
 """Training runs in single precision (about 2.5x faster); the fitted net is then cast to
@@ -34,7 +31,14 @@ double, which BoTorch acquisition functions use."""
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
+def _torch_threads():
+    """At most the process's share of torch threads (``MATFORGE_THREADS``, else cores // workers).
+
+    The ``matforge`` command already sets it process-wide; this keeps the members' small
+    matrices from oversubscribing the CPUs where the engine runs without it (a deployment
+    or a script), since torch defaults to a thread per core.
+    """
+    n = get_settings().threads_per_process()
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(n, before)))
     try:
@@ -183,7 +187,7 @@ class DeepEnsembleSurrogate:
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
         n_warmup = int(self.warmup_fraction * self.epochs)
-        with _torch_threads(MAX_THREADS):
+        with _torch_threads():
             for epoch in range(self.epochs):
                 optimizer.zero_grad()
                 out = net(Z)
@@ -213,7 +217,7 @@ class DeepEnsembleSurrogate:
             raise ValueError(
                 f"X must have shape (n, {self.n_features_in_}), got {X.shape}"
             )
-        with torch.no_grad(), _torch_threads(MAX_THREADS):
+        with torch.no_grad(), _torch_threads():
             means, variances = self.model_.member_outputs(as_tensor(X))
         means, variances = means.numpy(), variances.numpy()  # n_members x n
         mean = means.mean(axis=0)
