@@ -7,6 +7,8 @@ file raises :class:`ConfigError` with one message naming the field and why.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,60 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_BASES = {
+    "generators": ("matforge.engine.materials.generate", "Generator"),
+    "featurizers": ("matforge.engine.materials.featurize", "Featurizer"),
+    "surrogates": ("matforge.engine.models.base", "Surrogate"),
+    "acquisitions": ("matforge.engine.acquisition.base", "Acquisition"),
+}
+"""Base class of each engine plug-in group, imported only when a campaign names a kind."""
+
+
+def _installed(group: str, kind: str) -> type:
+    """The class installed as ``kind`` in a plug-in group; a ValueError naming what is installed."""
+    from matforge.engine import plugins
+
+    module, name = _BASES[group]
+    return plugins.load(group, kind, getattr(importlib.import_module(module), name))
+
+
+def _check_parameters(section: str, kind: str, cls: type, parameters: dict, given=()) -> None:
+    """Refuse constructor arguments ``cls`` does not take (``given`` ones are matforge's)."""
+    signature = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return
+    known = set(signature) - {"self", "random_state", *given}
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ValueError(
+            f"{section}.parameters: {', '.join(unknown)} not accepted by {kind!r} "
+            f"(accepted: {', '.join(sorted(known)) or 'none'})"
+        )
+
+
+class GeneratorSource(_Section):
+    """A further generator, by its installed name, and the share of the pool it proposes."""
+
+    kind: str
+    share: float = Field(gt=0, le=1, description="share of generator.pool_size it proposes")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_installed(cls, kind: str) -> str:
+        _installed("generators", kind)
+        return kind
+
+    @model_validator(mode="after")
+    def _installed_kind(self) -> GeneratorSource:
+        from matforge.engine.materials.generate import CAMPAIGN_SETTINGS
+
+        cls = _installed("generators", self.kind)
+        _check_parameters("generator.sources", self.kind, cls, self.parameters,
+                          given=("elements", *CAMPAIGN_SETTINGS))
+        return self
+
+
 class GeneratorSettings(_Section):
     """How candidates are proposed each round."""
 
@@ -47,6 +103,38 @@ class GeneratorSettings(_Section):
         0, ge=0, le=1000,
         description="candidates per round from inverse design over the composition simplex",
     )
+    sources: list[GeneratorSource] = Field(
+        default_factory=list,
+        description="further generators (installed plug-ins) with the share of the pool each "
+                    "proposes; decoration and mutation fill the rest",
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> GeneratorSettings:
+        total = sum(source.share for source in self.sources)
+        if total > 1:
+            raise ValueError(f"generator.sources: shares add up to {total:g}, more than 1")
+        return self
+
+
+class FeaturizerSettings(_Section):
+    """How candidates become feature vectors: an installed featurizer (``material``,
+    composition and structure features, by default) and its constructor arguments."""
+
+    kind: str = "material"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_installed(cls, kind: str) -> str:
+        _installed("featurizers", kind)
+        return kind
+
+    @model_validator(mode="after")
+    def _installed_kind(self) -> FeaturizerSettings:
+        cls = _installed("featurizers", self.kind)
+        _check_parameters("featurizer", self.kind, cls, self.parameters, given=("elements",))
+        return self
 
 
 class ObjectiveSettings(_Section):
@@ -82,37 +170,33 @@ class SurrogateSettings(_Section):
     ``gp``: Gaussian process, ARD Matérn-5/2 on rank-transformed targets (the
     default); ``ensemble``: deep ensemble; ``forest``: random forest with
     per-tree spread; ``ridge``: Bayesian ridge baseline; ``auto``: the one with
-    the lowest cross-validated NLL, chosen again each round. ``parameters`` go
-    to the model's constructor (e.g. ``{kernel: rbf, y_transform: none}``).
+    the lowest cross-validated NLL, chosen again each round; or any surrogate
+    installed as a plug-in (``matforge plugins``). ``parameters`` go to the
+    model's constructor (e.g. ``{kernel: rbf, y_transform: none}``).
     """
 
-    kind: Literal["gp", "ensemble", "forest", "ridge", "auto"] = "gp"
+    kind: str = "gp"
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_installed(cls, kind: str) -> str:
+        _installed("surrogates", kind)
+        return kind
 
     @model_validator(mode="after")
     def _parameters_fit(self) -> SurrogateSettings:
-        import inspect
-
-        from matforge.engine.models.selection import SURROGATES, AutoSurrogate
-
-        cls = AutoSurrogate if self.kind == "auto" else SURROGATES[self.kind]
-        known = set(inspect.signature(cls.__init__).parameters) - {"self", "random_state"}
-        unknown = sorted(set(self.parameters) - known)
-        if unknown:
-            raise ValueError(
-                f"surrogate.parameters: {', '.join(unknown)} not accepted by {self.kind!r} "
-                f"(accepted: {', '.join(sorted(known))})"
-            )
+        cls = _installed("surrogates", self.kind)
+        _check_parameters("surrogate", self.kind, cls, self.parameters)
         return self
 
 
 class AcquisitionSettings(_Section):
     """How a batch is chosen: ``ptop`` (default), ``pucb``, ``qlogei``, ``qlognei``,
-    ``ucb``, ``thompson``, ``greedy``, ``explore``, or ``random`` (the baseline)."""
+    ``ucb``, ``thompson``, ``greedy``, ``explore``, ``random`` (the baseline), or any
+    acquisition installed as a plug-in."""
 
-    kind: Literal[
-        "ptop", "pucb", "qlogei", "qlognei", "ucb", "thompson", "greedy", "explore", "random"
-    ] = "ptop"
+    kind: str = "ptop"
     beta: float = Field(1.0, ge=0, le=100, description="exploration weight of ucb and pucb")
     top_share: float = Field(
         0.05, gt=0, lt=1,
@@ -120,6 +204,22 @@ class AcquisitionSettings(_Section):
                     "candidates and results outnumber the budget, the share of as many rows "
                     "as the budget can measure",
     )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="further constructor arguments (a plug-in's)"
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_installed(cls, kind: str) -> str:
+        _installed("acquisitions", kind)
+        return kind
+
+    @model_validator(mode="after")
+    def _installed_kind(self) -> AcquisitionSettings:
+        cls = _installed("acquisitions", self.kind)
+        _check_parameters("acquisition", self.kind, cls, self.parameters,
+                          given=("beta", "top_share"))
+        return self
 
 
 class EvaluatorSettings(_Section):
@@ -181,6 +281,7 @@ class CampaignConfig(_Section):
         description="further objectives optimized jointly with 'objective' (qLogNEHVI)",
     )
     constraints: list[ConstraintSettings] = Field(default_factory=list)
+    featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
     acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
     batch_size: int = Field(8, ge=1, le=10_000)
@@ -234,6 +335,26 @@ class CampaignConfig(_Section):
         if not workdir.is_absolute():
             workdir = (base / workdir).resolve()
         return self.model_copy(update={"store": store, "workdir": str(workdir)})
+
+
+def check_properties(config: CampaignConfig, adapter: str, offered, source: str = "campaign"):
+    """Refuse objectives and constraints the adapter does not report.
+
+    ``offered`` are the adapter's ``implemented_properties``. A misspelled
+    objective would fail every evaluation and spend the budget; a misspelled
+    constraint would be dropped silently. Raises :class:`ConfigError` naming the
+    field, the property and what the adapter offers.
+    """
+    offered = sorted(offered)
+    named = [("objective.property", config.objective.property)]
+    named += [(f"objectives.{i}.property", o.property) for i, o in enumerate(config.objectives)]
+    named += [(f"constraints.{i}.property", c.property) for i, c in enumerate(config.constraints)]
+    for field, name in named:
+        if name not in offered:
+            raise ConfigError(
+                f"{source}: field '{field}': adapter {adapter!r} does not report {name!r} "
+                f"(it reports: {', '.join(offered) or 'nothing it declares'})"
+            )
 
 
 def _describe(error: ValidationError, source: str) -> str:

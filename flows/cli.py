@@ -52,7 +52,7 @@ def _progress(config: CampaignConfig):
         best = f"{ranked[0].objective:.4f} ({ranked[0].formula})" if ranked else "-"
         running = sum(e.status == "running" for e in evaluations)
         return Text(
-            f"{config.name} | round {rounds[-1]['round'] if rounds else 0}"
+            f"{config.name} | round {rounds[-1].round if rounds else 0}"
             f" | evaluations {len(finished)}/{config.budget} | running {running}"
             f" | best {config.objective.property} {best}"
         )
@@ -106,11 +106,17 @@ def cmd_run(args) -> int:
     except ConfigError as error:
         return _fail(str(error))
     from matforge.adapters import AdapterError, load_evaluator
+    from matforge.engine.config import check_properties
 
     try:
-        load_evaluator(config.evaluator.adapter, config.evaluator.parameters)
+        evaluator = load_evaluator(config.evaluator.adapter, config.evaluator.parameters)
     except (AdapterError, ValueError) as error:
         return _fail(f"{args.config}: field 'evaluator': {error}")
+    try:
+        check_properties(config, config.evaluator.adapter, evaluator.implemented_properties,
+                         args.config)
+    except ConfigError as error:
+        return _fail(str(error))
     from matforge.flows.server import prefect_api
 
     with prefect_api() as api:
@@ -154,7 +160,7 @@ def _open(target: str, store_url: str | None):
 
 
 def cmd_status(args) -> int:
-    from matforge.flows.campaign import summarize
+    from matforge.engine.loop.round import summarize
 
     try:
         store, name = _open(args.target, args.store)
@@ -247,6 +253,17 @@ def cmd_benchmark_pool(args) -> int:
     return 0
 
 
+def cmd_plugins(args) -> int:
+    """List every installed plug-in by group: name and the class it loads."""
+    from matforge.engine import plugins
+
+    for group, entry_point_group in plugins.GROUPS.items():
+        print(f"{group} ({entry_point_group}):")
+        for name in plugins.available(group):
+            print(f"  {name:<12} {plugins.describe(group, name)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--reject", type=int, nargs="*", default=[], metavar="ID")
     review.add_argument("--note", help="why, kept with the decision")
     review.set_defaults(func=cmd_review)
+
+    listing = sub.add_parser("plugins", help="list installed generators, featurizers, "
+                             "surrogates, acquisitions and adapters")
+    listing.set_defaults(func=cmd_plugins)
 
     bench = sub.add_parser("benchmark", help="replay campaigns against historical data")
     bench_sub = bench.add_subparsers(dest="kind", required=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import flow
+
 from matforge.engine.config import load_config
 from matforge.flows.campaign import campaign_flow
-from prefect import flow
 
 
 @flow(name="campaign-from-file")

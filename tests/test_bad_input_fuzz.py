@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
 from matforge.adapters import AdapterError, load_evaluator
 from matforge.engine.config import ConfigError, load_config
 from matforge.engine.materials.structures import (

@@ -11,6 +11,7 @@ earlier ones and about evaluations still running (``pending``). ``thompson``,
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from botorch.optim import optimize_acqf_discrete
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
 from torch import Tensor
 
+from matforge.engine.acquisition.base import Acquisition
 from matforge.engine.models.gp import DTYPE, HyperparameterMixture, as_tensor
 from matforge.engine.validation import positive_int
 
@@ -105,15 +107,6 @@ class FeasibilityWeighted(AcquisitionFunction):
         return (value - self.floor).clamp_min(0.0) * p.prod(dim=-1)
 
 
-def _model_of(surrogate):
-    model = getattr(surrogate, "model_", None)
-    if model is None:
-        raise ValueError(
-            f"{type(surrogate).__name__} exposes no fitted BoTorch model as `model_`; fit it first"
-        )
-    return model
-
-
 def _as_2d(name: str, X, n_features: int | None = None) -> np.ndarray:
     X = np.asarray(X, dtype=float)
     if X.ndim != 2:
@@ -167,18 +160,6 @@ def _feasibility_function(constraint, model) -> Callable[[Tensor], Tensor] | Non
         f"constraint must be None, a callable giving P(feasible) per row, or a number "
         f"bounding the model's second output; got {type(constraint).__name__}"
     )
-
-
-def to_model_scale(surrogate, y: np.ndarray) -> np.ndarray:
-    """Objective values in the scale ``surrogate.model_`` predicts.
-
-    Surrogates that transform their targets before fitting (e.g. a rank copula)
-    expose ``transform_targets``; thresholds such as EI's incumbent must pass
-    through it. Others predict in the units of y.
-    """
-    y = np.asarray(y, dtype=float)
-    transform = getattr(surrogate, "transform_targets", None)
-    return y if transform is None else np.asarray(transform(y), dtype=float)
 
 
 def _best_observed(y_train, maximize: bool, constraint) -> float:
@@ -366,7 +347,7 @@ def _botorch_batch(
     constraints = [lambda Z: Z[..., 1] - float(constraint)] if native else None
     if kind == "qlogei":
         best_units = _best_observed(y_train, maximize, constraint)
-        best = sign * float(to_model_scale(surrogate, np.array([best_units]))[0])
+        best = sign * float(surrogate.to_model_scale(np.array([best_units]))[0])
         acqf = qLogExpectedImprovement(
             model, best_f=best, objective=objective, constraints=constraints, X_pending=pending
         )
@@ -436,7 +417,7 @@ def select_batch(
     Kinds (:data:`ACQUISITIONS`):
 
     - ``"qlogei"``: BoTorch ``qLogExpectedImprovement`` over the best of ``y_train``
-      (mapped to the model's scale by the surrogate's ``transform_targets``, if any).
+      (mapped to the model's scale by the surrogate's ``to_model_scale``).
     - ``"qlognei"``: ``qLogNoisyExpectedImprovement`` with ``X_train`` as baseline,
       for noisy observations (no trust placed in the best observed value).
     - ``"ptop"``: probability that a new *measurement* lands in the top
@@ -497,8 +478,8 @@ def select_batch(
 
     Parameters
     ----------
-    surrogate : fitted surrogate exposing a BoTorch model as ``model_``; its first
-        output is the objective
+    surrogate : fitted :class:`~matforge.engine.models.base.Surrogate`; its BoTorch
+        model's first output is the objective
     X_pool : array of shape (n_candidates, n_features)
     y_train : array of shape (n_train,) or (n_train, n_outputs), the observed
         values; only ``qlogei`` reads it
@@ -533,7 +514,7 @@ def select_batch(
         raise ValueError(f"beta must be non-negative, got {beta!r}")
     if not 0 < top_share < 1:
         raise ValueError(f"top_share must be in (0, 1), got {top_share!r}")
-    model = _model_of(surrogate)
+    model = surrogate.botorch_model()
     X_pool = _as_2d("X_pool", X_pool)
     if len(X_pool) == 0:
         raise ValueError("X_pool is empty")
@@ -581,7 +562,7 @@ def select_batch(
                 objective = np.asarray(y_train, dtype=float)
                 objective = objective if objective.ndim == 1 else objective[:, 0]
                 finite = np.isfinite(objective)
-                observed = sign * to_model_scale(surrogate, objective[finite])
+                observed = sign * surrogate.to_model_scale(objective[finite])
                 p_rows = p_observed = None
                 if feasibility is not None:
                     p_rows = p if pending_t is None else torch.cat([p, feasibility(pending_t)])
@@ -596,9 +577,9 @@ def select_batch(
                         p_observed, budget,
                     )
 
-                # a GP's hyperparameter mixture where it has one, else its model
-                source = getattr(surrogate, "mixture_", None) or model
-                picked, values = _sequential_greedy(source, pending_t, choices, q, score_of)
+                picked, values = _sequential_greedy(
+                    surrogate.acquisition_model(), pending_t, choices, q, score_of
+                )
                 values = values.exp()  # P(top), times P(feasible)
             elif kind == "pucb":
 
@@ -615,3 +596,72 @@ def select_batch(
 
                 picked, values = _sequential_greedy(model, pending_t, choices, q, score_of)
     return rows[np.asarray(picked, dtype=int)], values.numpy().astype(float)
+
+
+class BatchAcquisition(Acquisition):
+    """A built-in kind of :func:`select_batch`, registered under its ``kind`` name.
+
+    Parameters
+    ----------
+    beta : exploration weight of ``ucb`` and ``pucb``
+    top_share : share of all rows ``ptop`` aims for
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, beta: float = 1.0, top_share: float = TOP_SHARE):
+        self.beta = beta
+        self.top_share = top_share
+
+    def select(self, surrogate, X_pool, y_train, n, *, maximize=True, seed=None, X_train=None,
+               pending=None, constraint=None, budget=None):
+        return select_batch(
+            surrogate, X_pool, y_train, n, maximize=maximize, seed=seed, kind=self.kind,
+            X_train=X_train, pending=pending, beta=self.beta, constraint=constraint,
+            top_share=self.top_share, budget=budget,
+        )
+
+
+class ProbabilityOfTop(BatchAcquisition):
+    kind = "ptop"
+
+
+class PredictiveUCB(BatchAcquisition):
+    kind = "pucb"
+
+
+class LogExpectedImprovement(BatchAcquisition):
+    kind = "qlogei"
+
+
+class LogNoisyExpectedImprovement(BatchAcquisition):
+    kind = "qlognei"
+
+
+class UpperConfidenceBound(BatchAcquisition):
+    kind = "ucb"
+
+
+class ThompsonSampling(BatchAcquisition):
+    kind = "thompson"
+
+
+class Greedy(BatchAcquisition):
+    kind = "greedy"
+
+
+class Explore(BatchAcquisition):
+    kind = "explore"
+
+
+class RandomAcquisition(Acquisition):
+    """Uniform random picks: the baseline every campaign should beat."""
+
+    needs_model = False
+
+    def select(self, surrogate, X_pool, y_train, n, *, maximize=True, seed=None, X_train=None,
+               pending=None, constraint=None, budget=None):
+        rows = rows_not_pending(_as_2d("X_pool", X_pool), pending)
+        rng = np.random.default_rng(seed)
+        picked = rng.choice(rows, size=min(positive_int("n", n), len(rows)), replace=False)
+        return picked, np.full(len(picked), np.nan)

@@ -21,7 +21,6 @@ from botorch.acquisition.objective import GenericMCObjective
 from botorch.optim import optimize_acqf
 from pymatgen.core import Composition, Element
 
-from matforge.engine.acquisition.batch import to_model_scale
 from matforge.engine.materials.generate import Candidate, DecorationGenerator
 from matforge.engine.models.gp import DTYPE
 from matforge.engine.validation import positive_int
@@ -178,9 +177,7 @@ def optimize_fractions(
             f"unknown acquisition kind {kind!r}; known kinds: {', '.join(INVERSE_ACQUISITIONS)}"
         )
     positive_int("n", n)
-    model = getattr(surrogate, "model_", None)
-    if model is None:
-        raise ValueError(f"{type(surrogate).__name__} exposes no fitted BoTorch model as `model_`")
+    model = surrogate.botorch_model()
     n_features = getattr(surrogate, "n_features_in_", n_elements)
     if n_features != n_elements:
         raise ValueError(
@@ -203,7 +200,7 @@ def optimize_fractions(
             if y.size == 0:
                 raise ValueError("y_train holds no finite value; qlogei needs the best observed")
             best_units = np.array([y.max() if maximize else y.min()])
-            best = sign * float(to_model_scale(surrogate, best_units)[0])
+            best = sign * float(surrogate.to_model_scale(best_units)[0])
             acqf = qLogExpectedImprovement(model, best_f=float(best), objective=objective)
         else:
             acqf = qUpperConfidenceBound(model, beta=beta, objective=objective)

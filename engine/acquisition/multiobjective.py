@@ -20,7 +20,7 @@ from botorch.utils.multi_objective.box_decompositions.dominated import Dominated
 from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
 
-from matforge.engine.acquisition.batch import _rows_to_indices, rows_not_pending, to_model_scale
+from matforge.engine.acquisition.batch import _rows_to_indices, rows_not_pending
 from matforge.engine.models.gp import DTYPE, as_tensor
 from matforge.engine.validation import positive_int
 
@@ -123,17 +123,12 @@ def _ref_in_model_scale(surrogates, ref: np.ndarray) -> np.ndarray:
     surrogates = list(surrogates) if isinstance(surrogates, (list, tuple)) else [surrogates]
     if len(surrogates) != len(ref):
         return ref
-    return np.array([to_model_scale(s, ref[j : j + 1])[0] for j, s in enumerate(surrogates)])
+    return np.array([s.to_model_scale(ref[j : j + 1])[0] for j, s in enumerate(surrogates)])
 
 
 def _joint_model(surrogates, n_objectives: int):
     surrogates = list(surrogates) if isinstance(surrogates, (list, tuple)) else [surrogates]
-    models = []
-    for s in surrogates:
-        model = getattr(s, "model_", None)
-        if model is None:
-            raise ValueError(f"{type(s).__name__} exposes no fitted BoTorch model as `model_`")
-        models.append(model)
+    models = [s.botorch_model() for s in surrogates]
     n_outputs = sum(m.num_outputs for m in models)
     if n_outputs != n_objectives:
         raise ValueError(
@@ -215,7 +210,7 @@ def select_pareto_batch(
     ref_point : array of shape (n_objectives,) in the units of Y_train; the
         hypervolume counts only what is better than it. Default:
         :func:`default_ref_point` of Y_train. Each coordinate is mapped to its
-        model's scale by the surrogate's ``transform_targets`` when it has one
+        model's scale by the surrogate's ``to_model_scale``
     maximize : one flag per objective, or one for all
     seed : seeds the quasi-Monte-Carlo sampler; the global torch random state is
         left as it was

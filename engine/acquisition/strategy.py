@@ -1,24 +1,22 @@
 """How a campaign chooses what to evaluate next: a surrogate plus an acquisition.
 
-One :class:`Strategy` serves both a live campaign (``engine.campaign.select``)
-and a retrospective pool campaign (``engine.pool.run_pool_campaign``), so a
+One :class:`Strategy` serves both a live campaign (``engine.loop.campaign.select``)
+and a retrospective pool campaign (``engine.loop.pool.run_pool_campaign``), so a
 benchmark on historical data measures exactly the code that will spend DFT time.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from matforge.engine.acquisition.batch import (
-    ACQUISITIONS,
-    TOP_SHARE,
-    diverse_random_batch,
-    select_batch,
-)
-from matforge.engine.models.gp import GPSurrogate
+from matforge.engine import plugins
+from matforge.engine.acquisition.base import Acquisition
+from matforge.engine.acquisition.batch import TOP_SHARE, diverse_random_batch
+from matforge.engine.models.base import Surrogate
 from matforge.engine.models.selection import make_surrogate
 from matforge.engine.validation import positive_int
 
@@ -30,7 +28,7 @@ DEFAULT_SURROGATE = "gp"
 DEFAULT_ACQUISITION = "ptop"
 DEFAULT_BETA = 1.0
 GP_DEFAULTS = {"likelihood": "student_t", "df": 2.0}
-"""Arguments of the default GP (:class:`GPSurrogate`) a strategy fits, under its
+"""Arguments of the default GP (:class:`~matforge.engine.models.gp.GPSurrogate`) a strategy fits, under its
 ``surrogate_params``: Student-t noise with 2 degrees of freedom whose outliers
 lie on the worse side of the goal only (``outliers`` follows ``maximize``).
 Replicated lab data have failed samples that measure far worse than the material
@@ -64,6 +62,22 @@ def unit_scale(*blocks: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple((b - lo) / span for b in blocks)
 
 
+def make_acquisition(kind: str, beta: float = DEFAULT_BETA, top_share: float = TOP_SHARE,
+                     **parameters) -> Acquisition:
+    """The installed acquisition ``kind`` (entry-point group ``matforge.acquisitions``).
+
+    ``beta`` and ``top_share`` go to kinds whose constructor takes them (the built-in
+    ones); ``parameters`` are further constructor arguments (a plug-in's).
+    """
+    cls = plugins.load("acquisitions", kind, Acquisition)
+    accepted = inspect.signature(cls.__init__).parameters
+    shared = {k: v for k, v in (("beta", beta), ("top_share", top_share)) if k in accepted}
+    try:
+        return cls(**shared, **parameters)
+    except TypeError as error:
+        raise ValueError(f"acquisition {kind!r}: bad parameters: {error}") from None
+
+
 @dataclass
 class Strategy:
     """Fit ``surrogate`` to the data so far and pick a batch by ``acquisition``.
@@ -77,18 +91,24 @@ class Strategy:
     ``benchmarks/liang2021.py``. ``acquisition='random'``
     picks uniformly (the baseline every campaign should beat).
 
+    A live campaign (``engine/loop/campaign.py``) and a pool replay
+    (``engine/loop/pool.py``) both pick through :meth:`select`, which fits the
+    surrogate with inputs normalized over the training rows and the pool together,
+    so the benchmark measures the code that spends DFT time.
+
     Parameters
     ----------
-    surrogate : a kind known to :func:`matforge.engine.models.selection.make_surrogate`
-    acquisition : a kind in :data:`matforge.engine.acquisition.batch.ACQUISITIONS`, or "random"
+    surrogate : an installed surrogate kind (:func:`~matforge.engine.models.selection.make_surrogate`)
+    acquisition : an installed acquisition kind (:func:`make_acquisition`), or "random"
     beta : exploration weight of the UCB kinds
     top_share : share of all candidates that ``ptop`` aims for
     surrogate_params : keyword arguments of the surrogate; for "gp" they update
-        :data:`GP_DEFAULTS`
+        :data:`GP_DEFAULTS`, and "auto" fits its GP with those defaults too
     budget : evaluations the campaign may spend in all, or None. Where candidates,
         results and pending evaluations together outnumber it, ``ptop`` aims for
         the top ``top_share`` of as many rows as the budget can measure, the
         best ``top_share * budget`` rows (see ``select_batch``).
+    acquisition_params : further keyword arguments of the acquisition (plug-ins)
     """
 
     surrogate: str = DEFAULT_SURROGATE
@@ -97,40 +117,45 @@ class Strategy:
     top_share: float = TOP_SHARE
     surrogate_params: dict[str, Any] = field(default_factory=dict)
     budget: int | None = None
+    acquisition_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.acquisition != "random" and self.acquisition not in ACQUISITIONS:
-            raise ValueError(
-                f"unknown acquisition {self.acquisition!r}; known: random, {', '.join(ACQUISITIONS)}"
-            )
+        self.acquisition_ = make_acquisition(
+            self.acquisition, self.beta, self.top_share, **self.acquisition_params
+        )
         make_surrogate(self.surrogate, **self.surrogate_arguments())  # fails early on a bad name
         if self.budget is not None:
             positive_int("budget", self.budget)
 
     @property
     def name(self) -> str:
-        if self.acquisition == "random":
-            return "random"
+        if not self.acquisition_.needs_model:
+            return self.acquisition
         return f"{self.surrogate}-{self.acquisition}"
 
     def surrogate_arguments(self, maximize: bool = True) -> dict[str, Any]:
         """The surrogate's keyword arguments: ``surrogate_params``, over :data:`GP_DEFAULTS`
-        (outliers on the worse side of the goal) for a GP."""
-        if self.surrogate != "gp":
-            return dict(self.surrogate_params)
-        side = "below" if maximize else "above"
-        return {**GP_DEFAULTS, "outliers": side, **self.surrogate_params}
+        (outliers on the worse side of the goal) for a GP, also inside "auto"."""
+        gp = {**GP_DEFAULTS, "outliers": "below" if maximize else "above"}
+        if self.surrogate == "gp":
+            return {**gp, **self.surrogate_params}
+        if self.surrogate == "auto":
+            given = dict(self.surrogate_params.get("parameters") or {})
+            given["gp"] = {**gp, **given.get("gp", {})}
+            return {**self.surrogate_params, "parameters": given}
+        return dict(self.surrogate_params)
 
-    def fit(self, X: np.ndarray, y: np.ndarray, seed: int, bounds: np.ndarray | None = None,
-            maximize: bool = True):
-        """The fitted surrogate; ``bounds`` (2, n_features) is the box a GP normalizes over,
-        ``maximize`` the goal (a GP's outliers lie on its worse side)."""
+    def fit(self, X: np.ndarray, y: np.ndarray, seed: int, X_pool: np.ndarray | None = None,
+            maximize: bool = True) -> Surrogate:
+        """The surrogate fitted to X : (n, n_features), y : (n,); inputs are normalized
+        over X and X_pool : (n_pool, n_features) together, ``maximize`` is the goal (a
+        GP's outliers lie on its worse side)."""
+        both = X if X_pool is None or len(X_pool) == 0 else np.vstack([X, X_pool])
+        bounds = np.stack([both.min(0), both.max(0)])
         model = make_surrogate(
             self.surrogate, random_state=seed, **self.surrogate_arguments(maximize)
         )
-        if isinstance(model, GPSurrogate):
-            return model.fit(X, y, bounds=bounds)
-        return model.fit(X, y)
+        return model.fit(X, y, bounds)
 
     def select(
         self,
@@ -140,36 +165,32 @@ class Strategy:
         n: int,
         maximize: bool = True,
         seed: int = 0,
-        model=None,
         pending: np.ndarray | None = None,
         constraint=None,
     ) -> Selection:
         """Pick ``n`` rows of X_pool : (n_pool, n_features) given X_train, y_train.
 
-        With fewer than ``MIN_TRAINING`` results (or ``acquisition='random'``)
-        the picks are random: spread over feature space, or uniform for
-        ``random``. ``model`` is a surrogate already fitted to the training data;
-        without one it is fitted here, normalizing inputs over training data and
-        pool together. ``constraint(X) -> P(feasible)`` weights the acquisition.
+        With fewer than ``MIN_TRAINING`` results the picks are spread over
+        feature space; an acquisition that needs no model (``random``) picks on
+        its own. Otherwise the surrogate is fitted here, its inputs normalized
+        over training data and pool together. ``constraint(X) -> P(feasible)``
+        weights the acquisition.
         """
-        rng = np.random.default_rng(seed)
         n = min(int(n), len(X_pool))
-        if self.acquisition == "random" or len(y_train) < MIN_TRAINING:
-            if self.acquisition == "random":
-                idx = rng.choice(len(X_pool), size=n, replace=False)
-            else:
-                (scaled,) = unit_scale(X_pool)
-                idx = diverse_random_batch(scaled, n, rng)
+        if not self.acquisition_.needs_model:
+            idx, acq = self.acquisition_.select(None, X_pool, y_train, n, seed=seed,
+                                                pending=pending)
             nan = np.full(len(idx), np.nan)
             return Selection(np.asarray(idx), nan, nan, nan, None)
-        if model is None:
-            both = np.vstack([X_train, X_pool])
-            bounds = np.stack([both.min(0), both.max(0)])
-            model = self.fit(X_train, y_train, seed, bounds, maximize)
-        idx, acq = select_batch(
-            model, X_pool, y_train, n, maximize=maximize, seed=seed, kind=self.acquisition,
-            X_train=X_train, pending=pending, beta=self.beta, constraint=constraint,
-            top_share=self.top_share, budget=self.budget,
+        if len(y_train) < MIN_TRAINING:
+            (scaled,) = unit_scale(X_pool)
+            idx = diverse_random_batch(scaled, n, np.random.default_rng(seed))
+            nan = np.full(len(idx), np.nan)
+            return Selection(np.asarray(idx), nan, nan, nan, None)
+        model = self.fit(X_train, y_train, seed, X_pool, maximize)
+        idx, acq = self.acquisition_.select(
+            model, X_pool, y_train, n, maximize=maximize, seed=seed, X_train=X_train,
+            pending=pending, constraint=constraint, budget=self.budget,
         )
         mean, std = model.predict(X_pool[idx], return_std=True)
         return Selection(np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train)))

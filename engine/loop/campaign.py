@@ -1,15 +1,19 @@
-"""One round of a campaign as pure functions; the Prefect flow wraps each in a task.
+"""The stages of one campaign round as pure functions; :mod:`.round` runs them in order.
 
 Every random choice in round ``r`` draws from ``numpy.random.default_rng([seed, r, stage])``,
 so re-running an interrupted round proposes and selects the same candidates.
+Generators, the featurizer, the surrogate and the acquisition are the plug-ins the
+campaign file names (``matforge plugins`` lists what is installed).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
 
+from matforge.engine import plugins
 from matforge.engine.acquisition.inverse import (
     composition_candidates,
     optimize_composition,
@@ -21,19 +25,23 @@ from matforge.engine.acquisition.multiobjective import (
     pareto_mask,
     select_pareto_batch,
 )
-from matforge.engine.acquisition.strategy import MIN_TRAINING, Selection, Strategy  # noqa: F401 (re-exported)
+from matforge.engine.acquisition.strategy import MIN_TRAINING, Selection, Strategy
 from matforge.engine.config import CampaignConfig
-from matforge.engine.materials.featurize import MaterialFeaturizer
+from matforge.engine.loop.anomaly import flag_anomalies, residual_scores
+from matforge.engine.materials.featurize import Featurizer, standardize
 from matforge.engine.materials.generate import (
+    CAMPAIGN_SETTINGS,
     Candidate,
     DecorationGenerator,
-    MutationGenerator,
-    propose_candidates,
+    Generator,
+    draw_candidates,
 )
 from matforge.engine.models.forest import FeasibilityClassifier
 from matforge.engine.models.gp import GPSurrogate
 from matforge.engine.models.metrics import uncertainty_metrics
 from matforge.engine.store.sql import Evaluation
+
+__all__ = ["MIN_TRAINING", "Selection"]
 
 PROPOSE, SELECT, INVERSE = 0, 1, 2
 
@@ -42,33 +50,49 @@ def round_rng(seed: int, round: int, stage: int) -> np.random.Generator:
     return np.random.default_rng([seed, round, stage])
 
 
+def make_generator(config: CampaignConfig, kind: str, parameters: dict | None = None) -> Generator:
+    """The installed generator ``kind`` for this campaign's elements; the ``generator``
+    section's lattices, max_atoms and max_species go to it where it takes them."""
+    cls = plugins.load("generators", kind, Generator)
+    accepted = inspect.signature(cls.__init__).parameters
+    shared = {k: getattr(config.generator, k) for k in CAMPAIGN_SETTINGS if k in accepted}
+    return cls(config.elements, **shared, **(parameters or {}))
+
+
 def propose(
     config: CampaignConfig, round: int, parents: Sequence[Evaluation], exclude: set[str]
 ) -> list[Candidate]:
-    """The round's candidate pool: inverse-designed compositions, mutations of the best
-    results and decorations.
+    """The round's candidate pool: inverse-designed compositions, the plug-in generators'
+    shares (``generator.sources``), mutations of the best results and decorations.
 
     ``parents`` are accepted evaluations, best first; candidates whose
     fingerprint is in ``exclude`` are never proposed.
     """
     g = config.generator
     rng = round_rng(config.seed, round, PROPOSE)
-    decorator = DecorationGenerator(config.elements, g.lattices, g.max_atoms, g.max_species)
-    mutator = MutationGenerator(config.elements, g.max_species)
+    decorator = make_generator(config, "decoration")
     designed = inverse_designed(config, round, parents, decorator, exclude)
     parent_candidates = [
         Candidate(e.input_structure(), e.generator, fingerprint=e.fingerprint)
         for e in parents[: g.n_parents]
     ]
-    return designed + propose_candidates(
-        g.pool_size - len(designed),
-        rng,
-        decorator,
-        mutator,
-        parent_candidates,
-        g.mutation_fraction,
-        set(exclude) | {c.fingerprint for c in designed},
-    )
+    n = g.pool_size - len(designed)
+    quotas = [(make_generator(config, s.kind, s.parameters), _nearest_int(s.share * g.pool_size))
+              for s in g.sources]
+    extra = min(n, sum(q for _, q in quotas))
+    n_mut = _nearest_int(g.mutation_fraction * (n - extra)) if parent_candidates else 0
+    quotas.append((make_generator(config, "mutation"), n_mut))
+    seen = set(exclude) | {c.fingerprint for c in designed}
+    drawn = draw_candidates(quotas, rng, parent_candidates, seen)
+    # decorations fill what the others left, so the pool is full wherever the space allows
+    seen |= {c.fingerprint for c in drawn}
+    fill = draw_candidates([(decorator, n - len(drawn))], rng, parent_candidates, seen)
+    return designed + drawn + fill
+
+
+def _nearest_int(x: float) -> int:
+    """The builtin ``round`` (``propose``'s argument named ``round`` hides it)."""
+    return int(round(x))
 
 
 def inverse_designed(
@@ -111,9 +135,11 @@ def rank_by_objective(evaluations: Sequence[Evaluation], maximize: bool) -> list
     return sorted(scored, key=lambda e: -e.objective if maximize else e.objective)
 
 
-def featurize(elements: Sequence[str], structures: Sequence) -> np.ndarray:
-    """Raw composition and structure features, array of shape (n_structures, n_features)."""
-    return MaterialFeaturizer(elements).transform(list(structures))
+def featurize(config: CampaignConfig, structures: Sequence) -> np.ndarray:
+    """Raw features of the configured featurizer, array of shape (n_structures, n_features)."""
+    kind = config.featurizer.kind
+    cls = plugins.load("featurizers", kind, Featurizer)
+    return cls(config.elements, **config.featurizer.parameters).transform(list(structures))
 
 
 def strategy(config: CampaignConfig) -> Strategy:
@@ -125,18 +151,13 @@ def strategy(config: CampaignConfig) -> Strategy:
         top_share=config.acquisition.top_share,
         surrogate_params=dict(config.surrogate.parameters),
         budget=config.budget,
+        acquisition_params=dict(config.acquisition.parameters),
     )
 
 
-def fit_surrogate(config: CampaignConfig, X: np.ndarray, y: np.ndarray):
-    """Fit the configured surrogate on X : (n_train, n_features), y : (n_train,).
-
-    The seed depends on the training size only, so a refit after a restart
-    reproduces the model the interrupted run had.
-    """
-    return strategy(config).fit(
-        X, y, seed=config.seed + len(y), maximize=config.objective.is_maximized()
-    )
+def needs_model(config: CampaignConfig) -> bool:
+    """Whether the campaign's acquisition picks with a surrogate (not the random baseline)."""
+    return strategy(config).acquisition_.needs_model
 
 
 def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -144,7 +165,9 @@ def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> d
 
     K-fold cross-validation (5 folds, leave-one-out below 5 results): RMSE, MAE,
     Gaussian NLL, share of points inside the 90 % predictive interval and the
-    miscalibration area, all for a new measurement (noise included).
+    miscalibration area, all for a new measurement (noise included). Each fold's
+    model is fitted as a round fits it, inputs normalized over its training rows
+    and the rows it is asked about.
     """
     from sklearn.model_selection import KFold
 
@@ -153,13 +176,9 @@ def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> d
     mean, std = np.empty(len(y)), np.empty(len(y))
     inside = np.zeros(len(y), dtype=bool)
     for train, test in KFold(min(5, len(y)), shuffle=True, random_state=seed).split(X):
-        model = s.fit(X[train], y[train], seed, maximize=config.objective.is_maximized())
-        if isinstance(model, GPSurrogate):
-            mean[test], std[test] = model.predict(X[test], return_std=True, observation_noise=True)
-            lo, hi = model.predict_interval(X[test], level=0.9)
-        else:
-            mean[test], std[test] = model.predict(X[test], return_std=True)
-            lo, hi = mean[test] - 1.6449 * std[test], mean[test] + 1.6449 * std[test]
+        model = s.fit(X[train], y[train], seed, X[test], maximize=config.objective.is_maximized())
+        mean[test], std[test] = model.predict(X[test], return_std=True, observation_noise=True)
+        lo, hi = model.predict_interval(X[test], level=0.9)
         inside[test] = (y[test] >= lo) & (y[test] <= hi)
     metrics = uncertainty_metrics(y, mean, np.maximum(std, 1e-12))
     metrics["coverage90"] = float(inside.mean())
@@ -222,21 +241,19 @@ def select_pareto(
     X_train: np.ndarray,
     Y_train: np.ndarray,
     n: int,
-    model,
 ) -> Selection:
     """Pick ``n`` rows by qLogNEHVI over all objectives (rows of Y_train : (n_train, m)
-    with a missing value are left out of the fit). ``model`` is the primary objective's
-    surrogate; one more is fitted per further objective."""
+    with a missing value are left out of the fit); one surrogate per objective."""
     seed = int(round_rng(config.seed, round, SELECT).integers(2**31))
     keep = np.isfinite(Y_train).all(axis=1)
     X, Y = X_train[keep], Y_train[keep]
     s = strategy(config)
     flags = maximize_flags(config)
-    surrogates = [s.fit(X, Y[:, j], seed, maximize=flags[j]) for j in range(Y.shape[1])]
+    surrogates = [s.fit(X, Y[:, j], seed, X_pool, maximize=flags[j]) for j in range(Y.shape[1])]
     idx, acq = select_pareto_batch(
         surrogates, X_pool, Y, X, min(n, len(X_pool)), maximize=flags, seed=seed,
     )
-    mean, std = model.predict(X_pool[idx], return_std=True)
+    mean, std = surrogates[0].predict(X_pool[idx], return_std=True)
     return Selection(np.asarray(idx), mean, std, np.asarray(acq),
                      f"{config.surrogate.kind}-nehvi-n{len(Y)}")
 
@@ -264,31 +281,60 @@ def pareto_summary(config: CampaignConfig, evaluations: Sequence[Evaluation]) ->
     }
 
 
-def model_version(config: CampaignConfig, n_train: int) -> str:
-    return strategy(config).model_version(n_train)
-
-
 def select(
     config: CampaignConfig,
     round: int,
     X_pool: np.ndarray,
     X_train: np.ndarray,
-    y_train: np.ndarray,
+    training: Sequence[Evaluation],
     n: int,
-    model=None,
-    constraint=None,
 ) -> Selection:
-    """Pick ``n`` rows of the pool X_pool : (n_pool, n_features).
+    """Pick ``n`` rows of the pool X_pool : (n_pool, n_features) given the training
+    results and their features X_train : (n_train, n_features).
 
-    Without a model (too little data) the pick is spread over feature space;
-    with ``acquisition.kind: random`` it is uniform (the random baseline);
-    otherwise the configured acquisition on ``model`` chooses the batch.
+    With several objectives (and enough results reporting all of them), by
+    qLogNEHVI; otherwise by the configured strategy, its acquisition weighted by
+    P(feasible) under the outcome constraints. Without enough data the pick is
+    spread over feature space; ``acquisition.kind: random`` picks uniformly.
     """
+    y_train = np.array([e.objective for e in training], dtype=float)
+    results = [e.result for e in training]
+    if config.objectives and needs_model(config):
+        Y_train = objective_matrix(config, y_train, results)
+        if np.isfinite(Y_train).all(axis=1).sum() >= MIN_TRAINING:
+            return select_pareto(config, round, X_pool, X_train, Y_train, n)
     seed = int(round_rng(config.seed, round, SELECT).integers(2**31))
-    if model is None and config.acquisition.kind != "random":
-        y_train = y_train[:0]  # spread-out random picks until a model is fitted
-        X_train = X_train[:0]
+    constraint = feasibility(config, X_train, results) if len(y_train) >= MIN_TRAINING else None
     return strategy(config).select(
         X_train, y_train, X_pool, n, maximize=config.objective.is_maximized(), seed=seed,
-        model=model, constraint=constraint,
+        constraint=constraint,
     )
+
+
+def flag(config: CampaignConfig, results: Sequence[Evaluation], round: int) -> list[int]:
+    """Ids of this round's accepted results that DBSCAN marks as anomalous.
+
+    ``results`` are the campaign's accepted and needs-review results; they are
+    featurized, standardized and clustered with the surrogate's standardized
+    residual at claim time (:func:`~matforge.engine.loop.anomaly.flag_anomalies`).
+    """
+    settings = config.anomaly
+    if not settings.enabled or len(results) < settings.min_results:
+        return []
+    (X,) = standardize(featurize(config, [e.input_structure() for e in results]))
+    residuals = residual_scores(
+        np.array([e.objective for e in results], dtype=float),
+        np.array([np.nan if e.predicted_mean is None else e.predicted_mean for e in results]),
+        np.array([np.nan if e.predicted_std is None else e.predicted_std for e in results]),
+    )
+    flagged = flag_anomalies(
+        X,
+        residuals,
+        eps=settings.eps,
+        min_samples=settings.min_samples,
+        eps_quantile=settings.eps_quantile,
+        n_components=settings.n_components,
+        residual_weight=settings.residual_weight,
+    )
+    return [e.id for e, f in zip(results, flagged)
+            if f and e.round == round and e.status == "accepted"]

@@ -2,11 +2,14 @@
 
 Structure descriptors use only interatomic distances (in units of the mean
 atomic spacing) and species, so they are invariant to translation, rotation
-and permutation of atoms by construction.
+and permutation of atoms by construction. Every featurizer subclasses
+:class:`Featurizer`; plug-ins register theirs under the entry-point group
+``matforge.featurizers``, as the built-ins (``material``, ``composition``) do.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import combinations_with_replacement
@@ -29,7 +32,33 @@ def element_property(symbol: str, name: str) -> float:
         return float("nan")
 
 
-class CompositionFeaturizer:
+class Featurizer(abc.ABC):
+    """Turns structures into one feature row each.
+
+    The constructor's first argument is the campaign's ``elements``; further
+    settings come from the campaign file's ``featurizer.parameters``.
+    """
+
+    @abc.abstractmethod
+    def transform(self, structures: Sequence[Structure]) -> np.ndarray:
+        """Raw features, array of shape (n_structures, n_features)."""
+
+
+class _RowFeaturizer(Featurizer):
+    """A featurizer that describes one structure at a time."""
+
+    feature_names: list[str]
+
+    @abc.abstractmethod
+    def featurize(self, structure: Structure) -> np.ndarray:
+        """Features of one structure, shape (n_features,)."""
+
+    def transform(self, structures: Sequence[Structure]) -> np.ndarray:
+        rows = [self.featurize(s) for s in structures]
+        return np.vstack(rows) if rows else np.zeros((0, len(self.feature_names)))
+
+
+class CompositionFeaturizer(_RowFeaturizer):
     """Element fractions and composition-weighted mean / std / min / max of element properties.
 
     Parameters
@@ -62,7 +91,7 @@ class CompositionFeaturizer:
         return np.array(fractions + stats, dtype=float)
 
 
-class StructureFeaturizer:
+class StructureFeaturizer(_RowFeaturizer):
     """Radial distribution and nearest-neighbour bond statistics.
 
     Features: a Gaussian-smeared radial distribution function over distances in
@@ -128,7 +157,7 @@ class StructureFeaturizer:
         return np.concatenate([rdf, [coordination], bonds])
 
 
-class MaterialFeaturizer:
+class MaterialFeaturizer(_RowFeaturizer):
     """Composition and structure features side by side.
 
     Parameters
@@ -144,10 +173,8 @@ class MaterialFeaturizer:
     def feature_names(self) -> list[str]:
         return [name for part in self.parts for name in part.feature_names]
 
-    def transform(self, structures: Sequence[Structure]) -> np.ndarray:
-        """Raw features, array of shape (n_structures, n_features)."""
-        rows = [np.concatenate([p.featurize(s) for p in self.parts]) for s in structures]
-        return np.vstack(rows) if rows else np.zeros((0, len(self.feature_names)))
+    def featurize(self, structure: Structure) -> np.ndarray:
+        return np.concatenate([p.featurize(structure) for p in self.parts])
 
 
 def standardize(*blocks: np.ndarray) -> list[np.ndarray]:

@@ -2,11 +2,14 @@
 
 A generator turns a random stream into candidate structures for the campaign's
 elements. Decorations explore; mutations (swap two unlike atoms, substitute one
-atom) exploit around the best results so far.
+atom) exploit around the best results so far. Every generator subclasses
+:class:`Generator`; plug-ins register theirs under the entry-point group
+``matforge.generators``, as the built-ins do.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -67,6 +70,30 @@ class Candidate:
             self.fingerprint = fingerprint(self.structure)
 
 
+CAMPAIGN_SETTINGS = ("lattices", "max_atoms", "max_species")
+"""Settings of a campaign's ``generator`` section a generator receives when its
+constructor takes them, beside the campaign's ``elements``."""
+
+
+class Generator(abc.ABC):
+    """Proposes candidate structures over a campaign's elements.
+
+    Settings go in the constructor, whose first argument is the campaign's
+    ``elements`` (and which may take :data:`CAMPAIGN_SETTINGS`); the round's
+    state goes in the call. Duplicates and candidates already in the store are
+    dropped by the caller, so a generator need not track them.
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def propose(
+        self, n: int, rng: np.random.Generator, parents: Sequence[Candidate] = ()
+    ) -> list[Candidate]:
+        """Up to ``n`` candidates drawn from ``rng``; ``parents`` are the campaign's best
+        results so far, best first (empty in the first round)."""
+
+
 def _scaled(structure: Structure) -> Structure:
     """Scale the cell so its volume matches Vegard's law for its composition."""
     structure = structure.copy()
@@ -74,7 +101,7 @@ def _scaled(structure: Structure) -> Structure:
     return structure
 
 
-class DecorationGenerator:
+class DecorationGenerator(Generator):
     """Random decorations of small fcc / bcc / hcp supercells.
 
     Parameters
@@ -120,6 +147,10 @@ class DecorationGenerator:
         structure = Structure(cell.lattice, list(occupation), cell.frac_coords)
         return Candidate(_scaled(structure), f"{self.name}:{lattice}")
 
+    def propose(self, n, rng, parents=()) -> list[Candidate]:
+        """``n`` random decorations; ``parents`` are not used."""
+        return [self.sample(rng) for _ in range(n)]
+
     @property
     def site_counts(self) -> list[int]:
         """Sizes of the supercells this generator decorates, ascending."""
@@ -161,7 +192,7 @@ class DecorationGenerator:
         return Candidate(_scaled(structure), f"{self.name}:{lattice}")
 
 
-class MutationGenerator:
+class MutationGenerator(Generator):
     """Swap two unlike atoms or substitute one atom of a parent structure.
 
     Parameters
@@ -175,6 +206,13 @@ class MutationGenerator:
     def __init__(self, elements: Sequence[str], max_species: int = 3):
         self.elements = list(elements)
         self.max_species = max_species
+
+    def propose(self, n, rng, parents=()) -> list[Candidate]:
+        """Mutants of randomly chosen ``parents`` (none without parents), up to ``n``."""
+        if not parents:
+            return []
+        mutants = (self.mutate(parents[int(rng.integers(len(parents)))], rng) for _ in range(n))
+        return [m for m in mutants if m is not None]
 
     def mutate(self, parent: Candidate, rng: np.random.Generator) -> Candidate | None:
         """One mutant of ``parent``, or None when no mutation applies."""
@@ -202,6 +240,34 @@ class MutationGenerator:
         return Candidate(structure, f"{self.name}:{kind}", parent=parent.fingerprint)
 
 
+def draw_candidates(
+    quotas: Sequence[tuple[Generator, int]],
+    rng: np.random.Generator,
+    parents: Sequence[Candidate] = (),
+    exclude: Iterable[str] = (),
+    max_tries: int = 20,
+) -> list[Candidate]:
+    """Distinct candidates, ``quota`` from each generator in turn, none in ``exclude``
+    and none equal to a parent.
+
+    Each generator is asked for one candidate at a time until it has given its
+    quota of new ones, or ``max_tries * quota`` draws gave no more (a small,
+    exhausted search space); its shortfall is not made up by the others.
+    """
+    seen = set(exclude) | {p.fingerprint for p in parents}
+    out: list[Candidate] = []
+    for generator, quota in quotas:
+        goal = len(out) + quota
+        for _ in range(max_tries * max(quota, 1)):
+            if len(out) >= goal:
+                break
+            for cand in generator.propose(1, rng, parents):
+                if cand.fingerprint not in seen:
+                    seen.add(cand.fingerprint)
+                    out.append(cand)
+    return out
+
+
 def propose_candidates(
     n: int,
     rng: np.random.Generator,
@@ -215,25 +281,12 @@ def propose_candidates(
     """Up to ``n`` distinct candidates, none in ``exclude`` and none equal to a parent.
 
     A share ``mutation_fraction`` comes from mutating ``parents`` (when there are
-    any); the rest are decorations. Stops early when ``max_tries * n`` draws give
-    no more new structures (a small, exhausted search space).
+    any); the rest are decorations, which also make up for mutations a small
+    search space could not give.
     """
-    seen = set(exclude) | {p.fingerprint for p in parents}
-    out: list[Candidate] = []
     n_mut = int(round(mutation_fraction * n)) if (mutator and parents) else 0
-    for _ in range(max_tries * max(n_mut, 1)):
-        if len(out) >= n_mut:
-            break
-        parent = parents[int(rng.integers(len(parents)))]
-        cand = mutator.mutate(parent, rng)
-        if cand is not None and cand.fingerprint not in seen:
-            seen.add(cand.fingerprint)
-            out.append(cand)
-    for _ in range(max_tries * n):
-        if len(out) >= n:
-            break
-        cand = decorator.sample(rng)
-        if cand.fingerprint not in seen:
-            seen.add(cand.fingerprint)
-            out.append(cand)
-    return out
+    quotas = [(mutator, n_mut)] if n_mut else []
+    mutants = draw_candidates(quotas, rng, parents, exclude, max_tries)
+    taken = set(exclude) | {c.fingerprint for c in mutants}
+    return mutants + draw_candidates([(decorator, n - len(mutants))], rng, parents, taken,
+                                     max_tries)

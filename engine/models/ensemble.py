@@ -18,8 +18,9 @@ import torch
 from botorch.models.ensemble import EnsembleModel
 from torch import Tensor
 
-from matforge.engine.models.metrics import check_training_data
+from matforge.engine.models.base import Surrogate
 from matforge.engine.models.gp import DTYPE, as_tensor
+from matforge.engine.models.metrics import check_training_data
 from matforge.engine.settings import get_settings
 
 VARIANCE_FLOOR = 1e-6
@@ -122,7 +123,7 @@ class DeepEnsembleModel(EnsembleModel):
         return mean.unsqueeze(-1)
 
 
-class DeepEnsembleSurrogate:
+class DeepEnsembleSurrogate(Surrogate):
     """Ensemble of mean-variance MLPs trained by Gaussian NLL.
 
     Inputs and outputs are standardized internally; predictions come back in the
@@ -161,7 +162,7 @@ class DeepEnsembleSurrogate:
         self.warmup_fraction = warmup_fraction
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> DeepEnsembleSurrogate:
+    def fit(self, X: np.ndarray, y: np.ndarray, bounds=None) -> DeepEnsembleSurrogate:
         """Fit to X : array of shape (n_samples, n_features), y : shape (n_samples,)."""
         X, y = check_training_data(X, y, min_rows=2)
         if self.n_members < 5:
@@ -207,7 +208,7 @@ class DeepEnsembleSurrogate:
         self.n_features_in_ = X.shape[1]
         return self
 
-    def predict(self, X: np.ndarray, return_std: bool = False):
+    def predict(self, X: np.ndarray, return_std: bool = False, observation_noise: bool = False):
         """Mixture mean (and standard deviation) at X : array of shape (n, n_features).
 
         Returns arrays of shape (n,).

@@ -22,6 +22,7 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
+from matforge.engine.models.base import Surrogate
 from matforge.engine.models.gp import DTYPE, as_tensor
 from matforge.engine.models.metrics import check_training_data
 
@@ -69,7 +70,7 @@ class ForestEnsembleModel(EnsembleModel):
         return values.unsqueeze(-1)
 
 
-class RandomForestSurrogate:
+class RandomForestSurrogate(Surrogate):
     """Random forest regression; the std is the spread of the trees' predictions.
 
     Parameters
@@ -89,7 +90,7 @@ class RandomForestSurrogate:
         self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> RandomForestSurrogate:
+    def fit(self, X: np.ndarray, y: np.ndarray, bounds=None) -> RandomForestSurrogate:
         """Fit to X : array of shape (n_samples, n_features), y : shape (n_samples,)."""
         X, y = check_training_data(X, y, min_rows=2)
         forest = RandomForestRegressor(
@@ -104,7 +105,7 @@ class RandomForestSurrogate:
         self.n_features_in_ = X.shape[1]
         return self
 
-    def predict(self, X: np.ndarray, return_std: bool = False):
+    def predict(self, X: np.ndarray, return_std: bool = False, observation_noise: bool = False):
         """Mean over trees (and their std, at least ``std_floor_``) at X : (n, n_features).
 
         Returns arrays of shape (n,).
@@ -163,7 +164,7 @@ class BayesianLinearModel(Model):
         return posterior
 
 
-class RidgeSurrogate:
+class RidgeSurrogate(Surrogate):
     """Bayesian linear regression (scikit-learn ``BayesianRidge``) on standardized inputs.
 
     A baseline: if a GP or forest cannot beat it in cross-validation, the
@@ -179,7 +180,7 @@ class RidgeSurrogate:
     def __init__(self, random_state: int | None = None):
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeSurrogate:
+    def fit(self, X: np.ndarray, y: np.ndarray, bounds=None) -> RidgeSurrogate:
         """Fit to X : array of shape (n_samples, n_features), y : shape (n_samples,)."""
         X, y = check_training_data(X, y, min_rows=2)
         self.scaler_ = StandardScaler().fit(X)
@@ -189,7 +190,7 @@ class RidgeSurrogate:
         self.n_features_in_ = X.shape[1]
         return self
 
-    def predict(self, X: np.ndarray, return_std: bool = False):
+    def predict(self, X: np.ndarray, return_std: bool = False, observation_noise: bool = False):
         """Predictive mean (and std, noise included) at X : (n, n_features); shape (n,)."""
         X = _check_predict_input(X, self.n_features_in_)
         return self.regressor_.predict(self.scaler_.transform(X), return_std=return_std)

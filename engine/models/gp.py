@@ -24,6 +24,7 @@ from gpytorch.kernels import InducingPointKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
+from matforge.engine.models.base import Surrogate
 from matforge.engine.models.transforms import Y_TRANSFORMS
 
 DTYPE = torch.float64
@@ -56,7 +57,7 @@ def as_tensor(X: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(X, dtype=float), dtype=DTYPE)
 
 
-class GPSurrogate:
+class GPSurrogate(Surrogate):
     """Gaussian process with an ARD Matérn-5/2 kernel (BoTorch).
 
     Length scales carry BoTorch's dimension-scaled log-normal prior (Hvarfner et
@@ -276,9 +277,14 @@ class GPSurrogate:
         self.n_features_in_ = X.shape[1]
         return self
 
-    def transform_targets(self, y: np.ndarray) -> np.ndarray:
-        """Objective values in the scale ``model_`` predicts."""
-        return self.y_transform_.transform(y)
+    def to_model_scale(self, y: np.ndarray) -> np.ndarray:
+        """Objective values in the scale ``model_`` predicts (the target transform's)."""
+        return self.y_transform_.transform(np.asarray(y, dtype=float))
+
+    def acquisition_model(self):
+        """The hyperparameter mixture (the MAP fit alone above ``sample_max``); the
+        sparse GP's model."""
+        return self.model_ if self.mixture_ is None else self.mixture_
 
     def predict(self, X: np.ndarray, return_std: bool = False, observation_noise: bool = False):
         """Mean (and standard deviation) at X : (n, n_features), in the units of y.

@@ -15,6 +15,8 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.model_selection import KFold
 
+from matforge.engine.models.base import Surrogate, WrappedSurrogate
+
 Z90 = 1.6448536269514722
 """Half-width, in standard deviations, of the central 90 % Gaussian interval."""
 
@@ -198,36 +200,36 @@ class StdRecalibrator:
         return RecalibratedSurrogate(surrogate, self.scale_)
 
 
-class RecalibratedSurrogate:
+class RecalibratedSurrogate(WrappedSurrogate):
     """A fitted surrogate whose ``predict`` std is multiplied by ``scale``.
 
-    ``model_`` is the wrapped surrogate's BoTorch model, unscaled: acquisition
-    functions see the original posterior.
+    The acquisitions' view (BoTorch model, model scale, mixture) is the wrapped
+    surrogate's, unscaled: acquisition functions see the original posterior.
 
     Parameters
     ----------
-    surrogate : fitted surrogate with ``predict(X, return_std=True)``
+    surrogate : fitted surrogate
     scale : positive factor applied to the predicted standard deviation
     """
 
-    def __init__(self, surrogate, scale: float):
+    def __init__(self, surrogate: Surrogate, scale: float):
         if not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive finite number, got {scale}")
         self.surrogate = surrogate
         self.scale = scale
 
     @property
-    def model_(self):
-        return self.surrogate.model_
+    def surrogate_(self) -> Surrogate:
+        return self.surrogate
 
-    def fit(self, X, y) -> RecalibratedSurrogate:
+    def fit(self, X, y, bounds=None) -> RecalibratedSurrogate:
         """Refit the wrapped surrogate on X, y, keeping ``scale``."""
-        self.surrogate.fit(X, y)
+        self.surrogate.fit(X, y, bounds)
         return self
 
-    def predict(self, X, return_std: bool = False):
+    def predict(self, X, return_std: bool = False, observation_noise: bool = False):
         """Mean (and scaled standard deviation) at X : array (n, n_features)."""
         if not return_std:
-            return self.surrogate.predict(X)
-        mean, std = self.surrogate.predict(X, return_std=True)
+            return self.surrogate.predict(X, observation_noise=observation_noise)
+        mean, std = self.surrogate.predict(X, return_std=True, observation_noise=observation_noise)
         return mean, std * self.scale

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from matforge.engine.models.ensemble import DeepEnsembleSurrogate
-from matforge.engine.models.forest import RandomForestSurrogate, RidgeSurrogate
-from matforge.engine.models.gp import GPSurrogate
+from matforge.engine import plugins
+from matforge.engine.models.base import Surrogate, WrappedSurrogate
 from matforge.engine.models.metrics import (
     RecalibratedSurrogate,
     StdRecalibrator,
@@ -23,55 +22,47 @@ from matforge.engine.models.metrics import (
     gaussian_nll,
 )
 
-SURROGATES: dict[str, type] = {
-    "gp": GPSurrogate,
-    "ensemble": DeepEnsembleSurrogate,
-    "forest": RandomForestSurrogate,
-    "ridge": RidgeSurrogate,
-}
-"""Surrogate classes by the name a campaign configuration uses."""
-
 MIN_CV_ROWS = 3
 """Fewest rows for cross-validation: leave-one-out on 3 rows trains on 2."""
 
 
-def make_surrogate(kind: str, random_state: int | None = None, **params):
-    """A new, unfitted surrogate of the registered ``kind``.
+def surrogate_class(kind: str) -> type[Surrogate]:
+    """The surrogate class installed as ``kind`` (entry-point group ``matforge.surrogates``)."""
+    return plugins.load("surrogates", kind, Surrogate)
+
+
+def make_surrogate(kind: str, random_state: int | None = None, **params) -> Surrogate:
+    """A new, unfitted surrogate of the installed ``kind``.
 
     Parameters
     ----------
-    kind : one of ``SURROGATES``, or "auto" for :class:`AutoSurrogate`
+    kind : a name in the ``matforge.surrogates`` entry-point group ("gp", "ensemble",
+        "forest", "ridge", "auto" and any plug-in)
     random_state : seed passed to the surrogate
     **params : further constructor arguments of that surrogate
     """
-    if kind == "auto":
-        return AutoSurrogate(random_state=random_state, **params)
-    try:
-        cls = SURROGATES[kind]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown surrogate kind {kind!r}; known kinds: auto, {', '.join(sorted(SURROGATES))}"
-        ) from None
-    return cls(random_state=random_state, **params)
+    return surrogate_class(kind)(random_state=random_state, **params)
 
 
-class AutoSurrogate:
+class AutoSurrogate(WrappedSurrogate):
     """The surrogate kind with the lowest cross-validated NLL, refitted on all data.
 
     Each kind in ``kinds`` is scored by ``cross_validate``; the winner is refitted
-    on every row and ``predict`` and ``model_`` delegate to it. With fewer rows
+    on every row and ``predict`` and the acquisitions' view delegate to it. With fewer rows
     than ``n_splits`` the folds are leave-one-out; with fewer than 3 rows there is
     nothing to validate and "gp" (or the first kind) is used unscored.
     ``reason_`` says which of these happened and why the winner won.
 
     Parameters
     ----------
-    kinds : names from ``SURROGATES`` to compare
+    kinds : installed surrogate kinds to compare
     n_splits : cross-validation folds
     random_state : seed for the folds and every candidate surrogate
     recalibrate : if True, each kind's std is rescaled by a ``StdRecalibrator``
         fitted to its out-of-fold predictions, kinds are compared by the NLL after
         rescaling, and the winner's ``predict`` std carries its factor
+    parameters : constructor arguments per kind, e.g. ``{"gp": {"likelihood": "student_t"}}``,
+        so a kind chosen here is the same model a campaign fits under that kind's name
     """
 
     def __init__(
@@ -80,13 +71,15 @@ class AutoSurrogate:
         n_splits: int = 5,
         random_state: int | None = None,
         recalibrate: bool = False,
+        parameters: dict[str, dict] | None = None,
     ):
+        self.parameters = parameters
         self.kinds = kinds
         self.n_splits = n_splits
         self.random_state = random_state
         self.recalibrate = recalibrate
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> AutoSurrogate:
+    def fit(self, X: np.ndarray, y: np.ndarray, bounds: np.ndarray | None = None) -> AutoSurrogate:
         """Fit to X : array of shape (n_samples, n_features), y : shape (n_samples,).
 
         Sets ``chosen_`` (the winning kind), ``cv_scores_`` ({kind: metrics dict
@@ -95,15 +88,19 @@ class AutoSurrogate:
         """
         kinds = list(self.kinds)
         if not kinds:
-            raise ValueError("kinds is empty; name at least one of " + ", ".join(SURROGATES))
+            raise ValueError("kinds is empty; name at least one installed surrogate kind")
+        parameters = dict(self.parameters or {})
         for kind in kinds:
-            make_surrogate(kind)  # unknown names fail here, before any fitting
+            # unknown names and parameters fail here, before any fitting
+            make_surrogate(kind, **parameters.get(kind, {}))
         if self.n_splits < 2:
             raise ValueError(f"n_splits must be at least 2, got {self.n_splits}")
         X, y = check_training_data(X, y, min_rows=2)
 
         def make(kind):
-            return lambda: make_surrogate(kind, random_state=self.random_state)
+            return lambda: make_surrogate(
+                kind, random_state=self.random_state, **parameters.get(kind, {})
+            )
 
         self.cv_scores_: dict[str, dict[str, float]] = {}
         scale = {}
@@ -138,7 +135,7 @@ class AutoSurrogate:
                 f"{chosen!r} has the lowest {scheme} cross-validated {key} "
                 f"{self.cv_scores_[chosen][key]:.3g}" + (f" (others: {others})" if others else "")
             )
-        surrogate = make(chosen)().fit(X, y)
+        surrogate = make(chosen)().fit(X, y, bounds)
         if chosen in scale:
             surrogate = RecalibratedSurrogate(surrogate, scale[chosen])
         self.chosen_ = chosen
@@ -146,11 +143,9 @@ class AutoSurrogate:
         self.n_features_in_ = X.shape[1]
         return self
 
-    @property
-    def model_(self):
-        """The chosen surrogate's BoTorch model."""
-        return self.surrogate_.model_
-
-    def predict(self, X: np.ndarray, return_std: bool = False):
+    def predict(self, X: np.ndarray, return_std: bool = False, observation_noise: bool = False):
         """The chosen surrogate's mean (and std) at X : (n, n_features); shape (n,)."""
-        return self.surrogate_.predict(X, return_std=return_std)
+        return self.surrogate_.predict(X, return_std=return_std, observation_noise=observation_noise)
+
+    def predict_interval(self, X: np.ndarray, level: float = 0.9):
+        return self.surrogate_.predict_interval(X, level)

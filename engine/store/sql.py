@@ -58,6 +58,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from matforge.engine.store.records import RoundRecord, RoundResult
+
 STATUSES = ("running", "accepted", "needs_review", "rejected", "failed")
 FINISHED = ("accepted", "needs_review", "rejected", "failed")
 SCHEMA_VERSION = 2
@@ -581,14 +583,18 @@ class CampaignStore:
         campaign_id: int,
         statuses: tuple[str, ...] = FINISHED,
         before_round: int | None = None,
+        round: int | None = None,
     ) -> int:
-        """How many evaluations have one of ``statuses`` (in rounds before ``before_round``)."""
+        """How many evaluations have one of ``statuses`` (in rounds before ``before_round``,
+        or in ``round``)."""
         with self._session() as s:
             q = select(func.count(EvaluationRow.id)).where(
                 EvaluationRow.campaign_id == campaign_id, EvaluationRow.status.in_(statuses)
             )
             if before_round is not None:
                 q = q.where(EvaluationRow.round < before_round)
+            if round is not None:
+                q = q.where(EvaluationRow.round == round)
             return int(s.scalar(q))
 
     # rounds -----------------------------------------------------------------
@@ -599,16 +605,20 @@ class CampaignStore:
                 select(RoundRow).where(RoundRow.campaign_id == campaign_id, RoundRow.round == round)
             )
             if row is None:
-                s.add(RoundRow(campaign_id=campaign_id, round=round, n_pool=n_pool, model_version=model_version, info={}))
+                s.add(RoundRow(campaign_id=campaign_id, round=round, n_pool=n_pool,
+                               model_version=model_version, info={}))
 
-    def finish_round(self, campaign_id: int, round: int, info: dict[str, Any]) -> None:
+    def finish_round(self, campaign_id: int, result: RoundResult) -> None:
+        """Store what round ``result.round`` did; the round counts as finished from now on."""
         with self._session.begin() as s:
             row = s.scalar(
-                select(RoundRow).where(RoundRow.campaign_id == campaign_id, RoundRow.round == round)
+                select(RoundRow).where(
+                    RoundRow.campaign_id == campaign_id, RoundRow.round == result.round
+                )
             )
             if row is None:
-                raise KeyError(f"round {round} was never started")
-            row.info = json.loads(json.dumps(info, default=float))
+                raise KeyError(f"round {result.round} was never started")
+            row.info = json_safe(result.model_dump(mode="json"))
             row.finished_at = utcnow()
 
     def last_round(self, campaign_id: int) -> int:
@@ -619,16 +629,19 @@ class CampaignStore:
         values = [v for v in (a, b) if v is not None]
         return max(values) if values else -1
 
-    def rounds(self, campaign_id: int) -> list[dict[str, Any]]:
+    def rounds(self, campaign_id: int) -> list[RoundRecord]:
+        """The campaign's rounds in order."""
         with self._session() as s:
             q = select(RoundRow).where(RoundRow.campaign_id == campaign_id).order_by(RoundRow.round)
             return [
-                {
-                    "round": r.round,
-                    "model_version": r.model_version,
-                    "n_pool": r.n_pool,
-                    "info": r.info,
-                    "finished": r.finished_at is not None,
-                }
+                RoundRecord(
+                    round=r.round,
+                    n_pool=r.n_pool,
+                    model_version=r.model_version,
+                    result=(
+                        None if r.finished_at is None
+                        else RoundResult.model_validate({**(r.info or {}), "round": r.round})
+                    ),
+                )
                 for r in s.scalars(q)
             ]

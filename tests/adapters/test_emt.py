@@ -54,7 +54,7 @@ def test_result_round_trips_through_json(tmp_path):
 
 def test_registry_checks_names_and_parameters():
     assert isinstance(load_evaluator("emt"), Evaluator)
-    with pytest.raises(AdapterError, match="'vasp-magic' is not registered.*available: .*emt"):
+    with pytest.raises(AdapterError, match="'vasp-magic' is not installed.*installed: .*emt"):
         load_evaluator("vasp-magic")
     with pytest.raises(AdapterError, match="bad parameters"):
         load_evaluator("emt", {"temperature": 300})

@@ -58,9 +58,9 @@ def test_two_rounds_on_a_real_server_then_resume_does_nothing_new(
         assert e.objective == e.result["formation_energy_per_atom"]
         assert len(e.result["forces"]) == len(e.input_structure())
     rounds = store.rounds(cid)
-    assert rounds[-1]["finished"]
+    assert rounds[-1].finished
     # every round stores the held-out quality of the model that picks the next one
-    metrics = rounds[-1]["info"]["surrogate_metrics"]
+    metrics = rounds[-1].result.surrogate_metrics
     assert set(metrics) >= {"rmse", "mae", "nll", "coverage90", "miscalibration_area"}
     assert metrics["rmse"] > 0 and 0 <= metrics["coverage90"] <= 1
 
@@ -101,7 +101,26 @@ def test_bad_campaign_file_exits_2_and_writes_nothing(tmp_path, capsys):
 
     path.write_text(yaml.safe_dump({**CAMPAIGN, "evaluator": {"adapter": "nope"}}))
     assert main(["run", str(path)]) == 2
-    assert "adapter 'nope' is not registered" in capsys.readouterr().err
+    assert "adapter 'nope' is not installed" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+@pytest.mark.parametrize("change, field, name", [
+    ({"objective": {"property": "formation_energy_per_atm"}}, "objective.property",
+     "formation_energy_per_atm"),
+    ({"constraints": [{"property": "band_gap", "above": 0.5}]}, "constraints.0.property",
+     "band_gap"),
+])
+def test_a_property_the_adapter_does_not_report_exits_2_and_writes_nothing(
+    tmp_path, capsys, change, field, name
+):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**CAMPAIGN, **change}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"field '{field}': adapter 'emt' does not report {name!r}" in err
+    assert "(it reports: density, energy, energy_per_atom, formation_energy_per_atom" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
@@ -135,7 +154,7 @@ def test_two_objective_campaign_picks_by_hypervolume_and_stores_the_front(prefec
     cid = store.campaign_id("pareto")
     later = [e for e in store.evaluations(cid) if e.round >= 1]
     assert later and all(e.model_version.startswith("gp-nehvi-n") for e in later)
-    pareto = store.rounds(cid)[-1]["info"]["pareto"]
+    pareto = store.rounds(cid)[-1].result.pareto
     assert pareto["hypervolume"] > 0 and len(pareto["front"]) >= 2
     front = pareto["front"]
     # on the front, more density is paid for with formation energy (or they would not be a front)

@@ -12,9 +12,11 @@ from pymatgen.core import Lattice, Structure
 
 from matforge.adapters.testing import FlakyEMTEvaluator
 from matforge.engine.config import CampaignConfig, parse_config
+from matforge.engine.loop.round import Work
+from matforge.engine.loop.round import training_set as _training
 from matforge.engine.materials.structures import fingerprint
 from matforge.engine.store.sql import CampaignStore
-from matforge.flows.campaign import _training, campaign_flow, evaluate_task, retry_policy
+from matforge.flows.campaign import campaign_flow, evaluate_task, retry_policy
 
 RETRIES = 1
 TIMEOUT = 3.0
@@ -125,9 +127,9 @@ def test_bad_candidate_is_rejected_with_its_name_and_reason(tmp_path):
     overlapping = Structure(Lattice.cubic(3.6), ["Cu", "Cu"], [[0, 0, 0], [0.01, 0, 0]])
     fp = fingerprint(overlapping)
     claim = store.claim(cid, 0, overlapping, fp, "test", "emt", {})
+    work = Work(claim.id, overlapping, fp, str(tmp_path / "run"))
     status = evaluate_task.fn(
-        store.url, claim.id, "formation_energy_per_atom", "emt", {}, overlapping,
-        str(tmp_path / "run"), f"{claim.id}-Cu-{fp[:10]}",
+        store.url, work, "formation_energy_per_atom", "emt", {}, work.label,
     )
     assert status == "failed"
     (e,) = store.evaluations(cid)
@@ -144,9 +146,9 @@ def test_a_retry_after_the_commit_does_not_evaluate_again(tmp_path):
     claim = store.claim(cid, 0, cu, fingerprint(cu), "test", "emt", {})
     store.complete(claim.id, "accepted", objective=0.0, result={"energy": -3.5})
     # an adapter name that cannot load proves the adapter is never called
+    work = Work(claim.id, cu, fingerprint(cu), str(tmp_path / "run"))
     status = evaluate_task.fn(
-        store.url, claim.id, "formation_energy_per_atom", "not-registered", {}, cu,
-        str(tmp_path / "run"), "label",
+        store.url, work, "formation_energy_per_atom", "not-registered", {}, "label",
     )
     assert status == "accepted"
     (e,) = store.evaluations(cid)

@@ -49,7 +49,7 @@ def _campaign(root: Path) -> Path:
         # a low quantile flags several results, so flags must survive the kills too
         "anomaly": {"min_results": 4, "eps_quantile": 0.5},
         "store": "sqlite:///store.db",
-        "seed": 3,
+        "seed": 2,  # a trajectory whose rounds 1-3 flag results (seed 3 flags none)
     }
     path.write_text(yaml.safe_dump(config))
     return path

@@ -8,8 +8,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from matforge.engine.config import load_config
+from matforge.engine.loop.round import training_set as _training
 from matforge.engine.store.sql import CampaignStore
-from matforge.flows.campaign import _training, campaign_flow, review_artifact_task
+from matforge.flows.campaign import campaign_flow, review_artifact_task
 from matforge.flows.cli import main
 
 

@@ -9,6 +9,7 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
 
 from matforge.engine.acquisition.batch import ACQUISITIONS, select_batch
+from matforge.engine.models.base import Surrogate
 from matforge.engine.models.gp import GPSurrogate, as_tensor
 
 POOL = np.linspace(0.0, 1.0, 201)[:, None]
@@ -146,8 +147,14 @@ def test_constraint_steers_the_batch_to_feasible_rows(slope, kind):
     assert (POOL[idx, 0] < 0.5).all()
 
 
-class _TwoOutput:
+class _TwoOutput(Surrogate):
     """A surrogate whose model predicts the objective and a constraint quantity."""
+
+    def fit(self, X, y, bounds=None):
+        return self
+
+    def predict(self, X, return_std=False, observation_noise=False):
+        raise NotImplementedError
 
     def __init__(self, X, Y):
         torch.manual_seed(0)

@@ -32,10 +32,10 @@ def test_selection_avoids_the_region_where_the_constraint_fails():
     assert p(np.array([[0.1, 0.5]]))[0] > 0.8 > 0.2 > p(np.array([[0.95, 0.5]]))[0]
 
     pool = np.column_stack([np.linspace(0, 1, 51), np.full(51, 0.5)])
-    model = engine.fit_surrogate(config, X_train, y)
+    strategy = engine.strategy(config)
     # minimizing the energy alone heads for x0 = 1, where nothing is stable
-    free = engine.select(config, 1, pool, X_train, y, 3, model)
-    held = engine.select(config, 1, pool, X_train, y, 3, model, constraint=p)
+    free = strategy.select(X_train, y, pool, 3, maximize=False, seed=1)
+    held = strategy.select(X_train, y, pool, 3, maximize=False, seed=1, constraint=p)
     assert pool[free.indices, 0].min() > 0.8
     assert pool[held.indices, 0].max() < 0.7
 

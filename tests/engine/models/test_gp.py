@@ -46,7 +46,7 @@ def test_skewed_targets_are_fitted_in_rank_space_and_predicted_in_their_units():
     assert np.all(std > 0)
     rho = np.corrcoef(np.argsort(np.argsort(mean)), np.argsort(np.argsort(skewed[60:])))[0, 1]
     assert rho > 0.9
-    assert model.transform_targets(skewed[:60]).std() == pytest.approx(1, abs=0.2)
+    assert model.to_model_scale(skewed[:60]).std() == pytest.approx(1, abs=0.2)
 
 
 def test_uncertainty_grows_away_from_the_data():

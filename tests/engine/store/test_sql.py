@@ -27,6 +27,7 @@ from sqlalchemy import (
     text,
 )
 
+from matforge.engine.store.records import RoundResult
 from matforge.engine.store.sql import (
     SCHEMA_VERSION,
     CampaignStore,
@@ -120,12 +121,13 @@ def test_state_survives_reopening(store_url):
     claim = store.claim(cid, 0, _cu(), "fp", "test", "emt", {})
     store.start_round(cid, 0, 10, None)
     store.complete(claim.id, "accepted", objective=-0.3, result={"energy": -3.0})
-    store.finish_round(cid, 0, {"best": -0.3})
+    store.finish_round(cid, RoundResult(round=0, best=-0.3))
     store.close()
     reopened = CampaignStore(store_url)
     (e,) = reopened.evaluations(reopened.campaign_id("c"))
     assert (e.status, e.objective, e.result) == ("accepted", -0.3, {"energy": -3.0})
-    assert reopened.rounds(cid)[0]["finished"]
+    (record,) = reopened.rounds(cid)
+    assert record.finished and record.result.best == -0.3
     reopened.close()
 
 
@@ -199,7 +201,7 @@ def test_a_version_1_store_opens_with_its_data_intact(store_url):
     assert (e2.id, e2.status, e2.objective) == (2, "needs_review", -0.5)
     assert (e3.id, e3.status) == (3, "running")
     assert e1.key == evaluation_key("old", "fp1", "emt", {"fmax": 0.1, "password": "x"})
-    assert store.rounds(cid)[0]["n_pool"] == 30
+    assert store.rounds(cid)[0].n_pool == 30
     # the migrated keys make old work idempotent: the unfinished claim is resumed, not repeated
     assert store.claim(cid, 1, _cu(), "fp3", "g", "emt", {"fmax": 0.1}) == (3, "running", False)
     assert store.claim(cid, 1, _cu(), "fp1", "g", "emt", {"fmax": 0.1, "password": "p"}) == (

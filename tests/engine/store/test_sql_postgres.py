@@ -109,5 +109,5 @@ def test_a_campaign_flow_on_postgresql_runs_and_resumes(prefect_server, pg_url, 
     assert [(e.id, e.fingerprint) for e in again] == [(e.id, e.fingerprint) for e in first]
     assert again[-1].status in ("accepted", "needs_review")
     assert again[-1].objective == pytest.approx(first[-1].objective, abs=1e-9)
-    assert store.rounds(cid)[-1]["finished"] and len(store.rounds(cid)) == 2
+    assert store.rounds(cid)[-1].finished and len(store.rounds(cid)) == 2
     store.close()

@@ -1,0 +1,106 @@
+"""One round in the engine, without Prefect: claims, budget, resume, record."""
+
+from __future__ import annotations
+
+import pytest
+
+from matforge.adapters import load_evaluator
+from matforge.engine.config import ConfigError, parse_config
+from matforge.engine.loop.round import SerialDispatcher, run_campaign, run_round
+from matforge.engine.store.sql import STATUSES, CampaignStore
+
+CAMPAIGN = {
+    "name": "round-test",
+    "elements": ["Cu", "Au", "Pt"],
+    "generator": {"pool_size": 30, "max_atoms": 4},
+    "batch_size": 4,
+    "budget": 12,
+    "evaluator": {"adapter": "emt", "parameters": {"fmax": 0.1, "max_steps": 60}},
+    "anomaly": {"enabled": False},
+    "seed": 5,
+}
+
+
+class Killed(BaseException):
+    """Stands for the process dying after the round's claims were committed."""
+
+
+def _kill(work):
+    raise Killed
+
+
+@pytest.fixture
+def setup(tmp_path):
+    config = parse_config({**CAMPAIGN, "store": f"sqlite:///{tmp_path / 's.db'}",
+                           "workdir": str(tmp_path / "runs")})
+    store = CampaignStore(config.store)
+    evaluator = load_evaluator("emt", config.evaluator.parameters)
+    dispatch = SerialDispatcher(store, evaluator, config.objective.property)
+    cid = store.campaign_id(config.name, config.model_dump(mode="json"))
+    yield config, store, evaluator, dispatch, cid
+    store.close()
+
+
+def test_a_review_between_runs_cannot_make_a_resumed_round_overspend(setup):
+    config, store, evaluator, dispatch, cid = setup
+    first = run_round(config, store, cid, 0, evaluator, dispatch)
+    assert len(first.claimed) == 4 and first.evaluated == 4
+    held = first.claimed[:2]
+    store.set_status(held, "needs_review", note="flagged")  # out of training for round 1
+
+    with pytest.raises(Killed):
+        run_round(config, store, cid, 1, evaluator, _kill)
+    before = {e.fingerprint for e in store.evaluations(cid, round=1)}
+    assert len(before) == 4
+    # a person accepts the flagged results while the campaign is stopped: round 1's
+    # training set grows from 2 to 4 results, and its picks change
+    store.set_status(held, "accepted", note="fine")
+    resumed = run_round(config, store, cid, 1, evaluator, dispatch)
+
+    in_round = store.evaluations(cid, round=1)
+    assert len(in_round) == 4 == config.batch_size  # nothing claimed past the batch
+    assert {e.fingerprint for e in in_round} == before and resumed.claimed == []
+    assert all(e.status == "accepted" for e in in_round)
+    assert resumed.evaluated == 4 and resumed.model_version == "gp-n2"  # picked before the review
+
+
+def test_the_budget_is_a_hard_cap_when_it_is_lowered_between_runs(setup):
+    config, store, evaluator, dispatch, cid = setup
+    run_round(config, store, cid, 0, evaluator, dispatch)
+    lower = config.model_copy(update={"budget": 6})
+    result = run_round(lower, store, cid, 1, evaluator, dispatch)
+    assert len(result.claimed) == 2
+    assert store.count(cid, statuses=STATUSES) == 6
+    summary = run_campaign(lower, store, evaluator, dispatch)
+    assert summary["evaluations"] == 6 and summary["rounds"] == 2
+
+
+def test_a_campaign_runs_to_its_budget_and_a_rerun_adds_nothing(setup):
+    config, store, evaluator, dispatch, cid = setup
+    seen = []
+    summary = run_campaign(config, store, evaluator, dispatch, on_round=seen.append)
+    assert summary["evaluations"] == 12 and summary["rounds"] == 3
+    assert [r.round for r in seen] == [0, 1, 2]
+    assert [len(r.claimed) for r in seen] == [4, 4, 4]
+    assert seen[0].model_version is None and seen[1].model_version == "gp-n4"
+    # each round records the cross-validated quality of the next round's model
+    assert set(seen[-1].surrogate_metrics) >= {"rmse", "nll", "coverage90"}
+    assert [r.result for r in store.rounds(cid)] == seen
+    ids = [e.id for e in store.evaluations(cid)]
+    assert run_campaign(config, store, evaluator, dispatch)["evaluations"] == 12
+    assert [e.id for e in store.evaluations(cid)] == ids
+
+
+@pytest.mark.parametrize("field, change", [
+    ("objective.property", {"objective": {"property": "formation_energy_per_atm"}}),
+    ("constraints.0.property",
+     {"constraints": [{"property": "band_gap", "above": 0.5}]}),
+])
+def test_properties_the_adapter_does_not_report_are_refused_before_anything_is_written(
+    setup, field, change
+):
+    config, store, evaluator, dispatch, cid = setup
+    bad = parse_config({**CAMPAIGN, **change, "name": "misspelt", "store": config.store})
+    with pytest.raises(ConfigError, match=rf"field '{field}': adapter 'emt' does not report"):
+        run_campaign(bad, store, evaluator, dispatch)
+    assert "misspelt" not in store.campaign_names()
