@@ -235,7 +235,10 @@ class EvaluatorSettings(_Section):
     timeout: float | None = Field(None, gt=0, description="seconds before one attempt is abandoned")
     retries: int = Field(0, ge=0, le=100, description="extra attempts after a retryable error")
     retry_backoff: float = Field(
-        1.0, ge=0, le=86_400, description="seconds before the first retry, doubled for each next one"
+        1.0,
+        ge=0,
+        le=86_400,
+        description="seconds before the first retry, doubled for each next one",
     )
     retry_on: list[str] = Field(
         default_factory=lambda: ["TimeoutError", "ConnectionError"],
@@ -254,7 +257,8 @@ class AnomalySettings(_Section):
     enabled: bool = True
     min_samples: int = Field(4, ge=2, description="DBSCAN min_samples")
     eps: float | Literal["auto"] = Field(
-        "auto", description="DBSCAN radius; 'auto' takes a quantile of k-nearest-neighbour distances"
+        "auto",
+        description="DBSCAN radius; 'auto' takes a quantile of k-nearest-neighbour distances",
     )
     eps_quantile: float = Field(0.98, gt=0.0, lt=1.0)
     n_components: int = Field(4, ge=1, description="principal components of the features used")

@@ -64,7 +64,9 @@ def load(group: str, name: str, base: type) -> type:
     try:
         cls = found[0].load()
     except Exception as error:  # a broken plug-in must not take the campaign down with a traceback
-        raise PluginError(f"{kind} {name!r} ({found[0].value}) failed to import: {error}") from error
+        raise PluginError(
+            f"{kind} {name!r} ({found[0].value}) failed to import: {error}"
+        ) from error
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(
             f"{kind} {name!r} ({found[0].value}) is not a subclass of {base.__name__}"

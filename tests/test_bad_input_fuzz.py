@@ -33,7 +33,9 @@ floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
 small = st.floats(-20, 20, allow_nan=False)
 symbols = st.sampled_from(["Cu", "Au", "Pt", "Xx", "Q", "", "cu", "Uuo", "D", "X", "Nonium", "42"])
 vec = st.lists(floats | small, min_size=3, max_size=3)
-matrix = st.lists(vec, min_size=3, max_size=3) | st.lists(vec, max_size=5) | st.just([[0, 0, 0]] * 3)
+matrix = (
+    st.lists(vec, min_size=3, max_size=3) | st.lists(vec, max_size=5) | st.just([[0, 0, 0]] * 3)
+)
 
 
 def _site(species, abc) -> dict:
@@ -43,7 +45,9 @@ def _site(species, abc) -> dict:
 @st.composite
 def bad_structure_dicts(draw):
     """Pymatgen-shaped dicts with one or more defects, or plain junk."""
-    kind = draw(st.sampled_from(["random", "empty", "overlap", "flat", "nan", "many", "unknown", "junk"]))
+    kind = draw(
+        st.sampled_from(["random", "empty", "overlap", "flat", "nan", "many", "unknown", "junk"])
+    )
     lattice = {"matrix": draw(matrix), "pbc": [True, True, True]}
     sites = [_site(draw(symbols), draw(vec)) for _ in range(draw(st.integers(0, 6)))]
     if kind == "empty":
@@ -78,7 +82,12 @@ def bad_structure_dicts(draw):
                 max_leaves=12,
             )
         )
-    data = {"@module": "pymatgen.core.structure", "@class": "Structure", "lattice": lattice, "sites": sites}
+    data = {
+        "@module": "pymatgen.core.structure",
+        "@class": "Structure",
+        "lattice": lattice,
+        "sites": sites,
+    }
     return kind, data
 
 
@@ -118,9 +127,15 @@ VALID = {
     "seed": 0,
 }
 
-junk_values = st.none() | st.booleans() | st.integers(-10**12, 10**12) | floats | st.text(max_size=8) | st.lists(
-    st.integers(-3, 3) | st.text(max_size=3), max_size=3
-) | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2)
+junk_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-10**12, 10**12)
+    | floats
+    | st.text(max_size=8)
+    | st.lists(st.integers(-3, 3) | st.text(max_size=3), max_size=3)
+    | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2)
+)
 
 
 @st.composite
@@ -130,7 +145,9 @@ def bad_campaign_texts(draw):
     if kind == "field":
         config[draw(st.sampled_from(sorted(VALID)))] = draw(junk_values)
     elif kind == "unknown":
-        config[draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in VALID))] = draw(junk_values)
+        config[
+            draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in VALID))
+        ] = draw(junk_values)
     elif kind == "budget":
         config["budget"] = draw(st.integers(-10**6, 0) | st.integers(10**7 + 1, 10**12))
         config["batch_size"] = draw(st.integers(-5, 10**5))
@@ -147,7 +164,11 @@ def bad_campaign_texts(draw):
     if kind == "yaml":
         text = yaml.safe_dump(config)
         cut = draw(st.integers(0, len(text)))
-        return text[:cut] + draw(st.sampled_from(["\t:", ": [", "{", "- ]", "\x00", "&a *b", "'"])) + text[cut:]
+        return (
+            text[:cut]
+            + draw(st.sampled_from(["\t:", ": [", "{", "- ]", "\x00", "&a *b", "'"]))
+            + text[cut:]
+        )
     return yaml.safe_dump(config)
 
 

@@ -1,1 +1,2 @@
-"""Choosing what to evaluate: discrete batch selection, multi-objective, inverse design, strategy."""
+"""Choosing what to evaluate: discrete batch selection, multi-objective, inverse design,
+strategy."""

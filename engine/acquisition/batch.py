@@ -178,7 +178,9 @@ def _best_observed(y_train, maximize: bool, constraint) -> float:
     return float(objective.max() if maximize else objective.min())
 
 
-def _posterior_objective(model, X: Tensor, observation_noise: bool = False) -> tuple[Tensor, Tensor]:
+def _posterior_objective(
+    model, X: Tensor, observation_noise: bool = False
+) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation of the model's first output at ``n x d`` X, each ``n``.
 
     ``observation_noise`` gives the spread of a new measurement (learned noise
@@ -244,7 +246,9 @@ def top_threshold(
     std = np.maximum(np.atleast_2d(std).astype(float), 1e-12)
     observed = np.asarray(observed, float)
     w = np.ones(mean.shape[-1]) if weights is None else np.asarray(weights, float)
-    w_obs = np.ones_like(observed) if observed_weights is None else np.asarray(observed_weights, float)
+    w_obs = (
+        np.ones_like(observed) if observed_weights is None else np.asarray(observed_weights, float)
+    )
 
     def excess(tau):
         return (w * norm.sf((tau - mean) / std).mean(0)).sum() + w_obs[observed > tau].sum() - count
@@ -279,7 +283,9 @@ def _log_probability_of_top(
     mean, std = np.atleast_2d((sign * mean).numpy()), np.atleast_2d(std.clamp_min(1e-12).numpy())
     w = None if p is None else (p.numpy() >= 0.5).astype(float)
     w_obs = None if p_observed is None else (np.asarray(p_observed, float) >= 0.5).astype(float)
-    total = (len(rows) if w is None else w.sum()) + (len(observed) if w_obs is None else w_obs.sum())
+    total = (len(rows) if w is None else w.sum()) + (
+        len(observed) if w_obs is None else w_obs.sum()
+    )
     count = share * (total if budget is None else min(total, budget))
     tau = top_threshold(mean, std, observed, count, w, w_obs)
     # the log keeps far-off candidates ranked where P itself underflows to 0; a

@@ -28,8 +28,8 @@ DEFAULT_SURROGATE = "gp"
 DEFAULT_ACQUISITION = "ptop"
 DEFAULT_BETA = 1.0
 GP_DEFAULTS = {"likelihood": "student_t", "df": 2.0}
-"""Arguments of the default GP (:class:`~matforge.engine.models.gp.GPSurrogate`) a strategy fits, under its
-``surrogate_params``: Student-t noise with 2 degrees of freedom whose outliers
+"""Arguments of the default GP (:class:`~matforge.engine.models.gp.GPSurrogate`) a strategy fits,
+under its ``surrogate_params``: Student-t noise with 2 degrees of freedom whose outliers
 lie on the worse side of the goal only (``outliers`` follows ``maximize``).
 Replicated lab data have failed samples that measure far worse than the material
 is; a symmetric t would also discount the lucky replicates in the good direction
@@ -98,7 +98,8 @@ class Strategy:
 
     Parameters
     ----------
-    surrogate : an installed surrogate kind (:func:`~matforge.engine.models.selection.make_surrogate`)
+    surrogate : an installed surrogate kind
+        (:func:`~matforge.engine.models.selection.make_surrogate`)
     acquisition : an installed acquisition kind (:func:`make_acquisition`), or "random"
     beta : exploration weight of the UCB kinds
     top_share : share of all candidates that ``ptop`` aims for
@@ -193,13 +194,16 @@ class Strategy:
             pending=pending, constraint=constraint, budget=self.budget,
         )
         mean, std = model.predict(X_pool[idx], return_std=True)
-        return Selection(np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train)))
+        return Selection(
+            np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train))
+        )
 
     def model_version(self, n_train: int) -> str:
         return f"{self.surrogate}-n{n_train}"
 
     def chooser(self):
-        """A ``choose(X_train, y_train, X_pool, n, maximize, seed) -> indices`` for pool campaigns."""
+        """A ``choose(X_train, y_train, X_pool, n, maximize, seed) -> indices`` for pool
+        campaigns."""
 
         def choose(X_train, y_train, X_pool, n, maximize=True, seed=0):
             return self.select(X_train, y_train, X_pool, n, maximize=maximize, seed=seed).indices

@@ -282,7 +282,9 @@ def run_campaign(
     return summarize(store, campaign_id, config.objective.is_maximized())
 
 
-def summarize(store: CampaignStore, campaign_id: int, maximize: bool, top: int = 5) -> dict[str, Any]:
+def summarize(
+    store: CampaignStore, campaign_id: int, maximize: bool, top: int = 5
+) -> dict[str, Any]:
     """Counts by status, the best accepted results, flagged and failed evaluations."""
     evaluations = store.evaluations(campaign_id)
     counts: dict[str, int] = {}

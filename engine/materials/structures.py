@@ -100,7 +100,9 @@ def check_structure(structure: Structure, max_atoms: int = 500, min_distance: fl
     if n > 1:
         dmin = min_interatomic_distance(structure)
         if dmin < min_distance:
-            raise StructureError(f"atoms overlap: closest pair is {dmin:.3f} Å apart (< {min_distance} Å)")
+            raise StructureError(
+                f"atoms overlap: closest pair is {dmin:.3f} Å apart (< {min_distance} Å)"
+            )
 
 
 def structure_from_dict(data: Any, max_atoms: int = 500, min_distance: float = 0.5) -> Structure:

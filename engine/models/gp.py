@@ -76,8 +76,8 @@ class GPSurrogate(Surrogate):
     Inputs are normalized to the unit
     cube (constant columns are dropped) and outcomes standardized inside the
     model. Above ``exact_max`` training points a sparse GP (SGPR) with
-    ``n_inducing`` inducing points (a random subset of the inputs) replaces the exact one, so a fit costs
-    O(n m^2) instead of O(n^3).
+    ``n_inducing`` inducing points (a random subset of the inputs) replaces the exact one, so a fit
+    costs O(n m^2) instead of O(n^3).
 
     With few data the hyperparameters are poorly determined, and one MAP fit picks
     one guess: BO then trusts length scales it cannot know. So up to
@@ -241,7 +241,11 @@ class GPSurrogate(Surrogate):
         if isinstance(covar, InducingPointKernel):
             covar.likelihood = model.likelihood
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        if previous is not None and type(previous) is type(model) and self.keep_.tolist() == keep.tolist():
+        if (
+            previous is not None
+            and type(previous) is type(model)
+            and self.keep_.tolist() == keep.tolist()
+        ):
             _copy_hyperparameters(previous, model)
         with warnings.catch_warnings():
             # a fit that stops at its iteration cap is still a usable fit
@@ -304,7 +308,8 @@ class GPSurrogate(Surrogate):
         return mean, 0.5 * (inverse(mean_z + std_z) - inverse(mean_z - std_z))
 
     def predict_interval(self, X: np.ndarray, level: float = 0.9, observation_noise: bool = True):
-        """Central ``level`` interval of a new measurement at X, arrays (lower, upper) of shape (n,).
+        """Central ``level`` interval of a new measurement at X, arrays (lower, upper) of shape
+        (n,).
 
         Computed in the transformed scale, where the prediction is Gaussian, and
         mapped back, so it is exact for the monotone target transform.

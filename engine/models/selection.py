@@ -145,7 +145,9 @@ class AutoSurrogate(WrappedSurrogate):
 
     def predict(self, X: np.ndarray, return_std: bool = False, observation_noise: bool = False):
         """The chosen surrogate's mean (and std) at X : (n, n_features); shape (n,)."""
-        return self.surrogate_.predict(X, return_std=return_std, observation_noise=observation_noise)
+        return self.surrogate_.predict(
+            X, return_std=return_std, observation_noise=observation_noise
+        )
 
     def predict_interval(self, X: np.ndarray, level: float = 0.9):
         return self.surrogate_.predict_interval(X, level)

@@ -599,7 +599,9 @@ class CampaignStore:
 
     # rounds -----------------------------------------------------------------
 
-    def start_round(self, campaign_id: int, round: int, n_pool: int, model_version: str | None) -> None:
+    def start_round(
+        self, campaign_id: int, round: int, n_pool: int, model_version: str | None
+    ) -> None:
         with self._session.begin() as s:
             row = s.scalar(
                 select(RoundRow).where(RoundRow.campaign_id == campaign_id, RoundRow.round == round)
@@ -624,8 +626,14 @@ class CampaignStore:
     def last_round(self, campaign_id: int) -> int:
         """The highest round number with a claimed evaluation or a started round; -1 if none."""
         with self._session() as s:
-            a = s.scalar(select(func.max(EvaluationRow.round)).where(EvaluationRow.campaign_id == campaign_id))
-            b = s.scalar(select(func.max(RoundRow.round)).where(RoundRow.campaign_id == campaign_id))
+            a = s.scalar(
+                select(func.max(EvaluationRow.round)).where(
+                    EvaluationRow.campaign_id == campaign_id
+                )
+            )
+            b = s.scalar(
+                select(func.max(RoundRow.round)).where(RoundRow.campaign_id == campaign_id)
+            )
         values = [v for v in (a, b) if v is not None]
         return max(values) if values else -1
 

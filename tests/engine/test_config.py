@@ -16,7 +16,11 @@ GOOD = {"name": "t", "elements": ["Cu", "Au"]}
         ({"budget": "lots"}, "budget", "valid integer"),
         ({"colour": "red"}, "colour", "unknown field"),
         ({"objective": {"direction": "up"}}, "objective.direction", "'minimize' or 'maximize'"),
-        ({"generator": {"pool_size": 4}, "batch_size": 8}, "batch_size", "larger than generator.pool_size"),
+        (
+            {"generator": {"pool_size": 4}, "batch_size": 8},
+            "batch_size",
+            "larger than generator.pool_size",
+        ),
     ],
 )
 def test_bad_fields_are_named_with_the_reason(change, field, reason):

@@ -102,7 +102,12 @@ def test_retry_policy_retries_only_named_errors():
         {
             "name": "x",
             "elements": ["Cu"],
-            "evaluator": {"timeout": 5, "retries": 3, "retry_backoff": 2.0, "retry_on": ["OSError"]},
+            "evaluator": {
+                "timeout": 5,
+                "retries": 3,
+                "retry_backoff": 2.0,
+                "retry_on": ["OSError"],
+            },
         }
     )
     options = retry_policy(config.evaluator)

@@ -1,4 +1,5 @@
-"""A campaign killed with SIGKILL at random moments and resumed ends where an uninterrupted one does.
+"""A campaign killed with SIGKILL at random moments and resumed ends where an uninterrupted one
+does.
 
 What is counted: the ``emt-ledger`` adapter appends (and fsyncs) one line per
 *completed* adapter call, after the relaxation and just before it returns; the

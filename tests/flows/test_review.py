@@ -18,7 +18,8 @@ def test_review_holds_results_out_until_a_person_decides(prefect_server, tmp_pat
     path = tmp_path / "c.yaml"
     path.write_text(
         yaml.safe_dump(
-            {"name": "Review-Me", "elements": ["Cu", "Au"], "generator": {"pool_size": 20, "max_atoms": 8},
+            {"name": "Review-Me", "elements": ["Cu", "Au"],
+             "generator": {"pool_size": 20, "max_atoms": 8},
              "batch_size": 5, "budget": 5, "anomaly": {"enabled": False},
              "store": "sqlite:///r.db"}
         )

@@ -55,6 +55,8 @@ def test_inverse_design_waits_for_data_and_fits_in_the_pool():
     config = parse_config({"name": "inv", "elements": ["Cu", "Au"],
                            "generator": {"pool_size": 10, "inverse_design": 3}})
     assert engine.inverse_designed(config, 0, [], None, set()) == []
-    with pytest.raises(ConfigError, match="'generator.inverse_design': 12 is larger than generator.pool_size"):
+    with pytest.raises(
+        ConfigError, match="'generator.inverse_design': 12 is larger than generator.pool_size"
+    ):
         parse_config({"name": "inv", "elements": ["Cu"],
                       "generator": {"pool_size": 10, "inverse_design": 12}, "batch_size": 2})

@@ -39,7 +39,9 @@ def test_excluded_fingerprints_are_never_proposed():
     first = propose_candidates(500, np.random.default_rng(0), gen)
     # a tiny space: the generator runs out instead of repeating itself
     assert 0 < len(first) < 500
-    again = propose_candidates(10, np.random.default_rng(1), gen, exclude={c.fingerprint for c in first})
+    again = propose_candidates(
+        10, np.random.default_rng(1), gen, exclude={c.fingerprint for c in first}
+    )
     assert again == []
 
 

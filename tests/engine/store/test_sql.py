@@ -53,7 +53,9 @@ def store(store_url):
 
 
 def _cu(a: float = 3.6) -> Structure:
-    return Structure(Lattice.cubic(a), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    return Structure(
+        Lattice.cubic(a), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    )
 
 
 def test_claims_are_idempotent_per_candidate_adapter_and_parameters(store):
@@ -102,15 +104,22 @@ def test_non_finite_numbers_in_a_failed_result_are_stored_as_text(store):
 def test_secret_looking_parameters_are_redacted_and_do_not_change_the_key(store):
     config = {"name": "c", "evaluator": {"parameters": {"api_token": "tok-123", "fmax": 0.1}}}
     cid = store.campaign_id("c", config)
-    assert store.campaign_config("c")["evaluator"]["parameters"] == {"api_token": "***", "fmax": 0.1}
+    assert store.campaign_config("c")["evaluator"]["parameters"] == {
+        "api_token": "***",
+        "fmax": 0.1,
+    }
     params = {"password": "hunter2", "API_KEY": "k", "client_secret": "s", "fmax": 0.1}
     claim = store.claim(cid, 0, _cu(), "fp", "test", "vasp", params)
     # a rotated secret is the same calculation
     rotated = store.claim(cid, 0, _cu(), "fp", "test", "vasp", {**params, "password": "new"})
     assert rotated.id == claim.id and not rotated.new
     with store.engine.connect() as conn:
-        dump = json.dumps([list(r) for r in conn.execute(text("SELECT * FROM evaluations"))], default=str)
-        dump += json.dumps([list(r) for r in conn.execute(text("SELECT * FROM campaigns"))], default=str)
+        dump = json.dumps(
+            [list(r) for r in conn.execute(text("SELECT * FROM evaluations"))], default=str
+        )
+        dump += json.dumps(
+            [list(r) for r in conn.execute(text("SELECT * FROM campaigns"))], default=str
+        )
     for secret in ("hunter2", "tok-123", '"k"', '"s"'):
         assert secret not in dump
 
@@ -133,10 +142,12 @@ def test_state_survives_reopening(store_url):
 
 # the schema of matforge before versioning (commit 9852fcb), frozen here
 V1 = MetaData()
-Table("campaigns", V1, Column("id", Integer, primary_key=True), Column("name", String(100), unique=True),
+Table("campaigns", V1, Column("id", Integer, primary_key=True),
+      Column("name", String(100), unique=True),
       Column("config", JSON), Column("created_at", DateTime(timezone=True)))
 Table("candidates", V1, Column("id", Integer, primary_key=True),
-      Column("campaign_id", ForeignKey("campaigns.id"), index=True), Column("fingerprint", String(64)),
+      Column("campaign_id", ForeignKey("campaigns.id"), index=True),
+      Column("fingerprint", String(64)),
       Column("formula", String(200)), Column("n_atoms", Integer), Column("structure", JSON),
       Column("generator", String(100)), Column("parent", String(64), nullable=True),
       Column("round", Integer), UniqueConstraint("campaign_id", "fingerprint"))
@@ -147,7 +158,8 @@ Table("evaluations", V1, Column("id", Integer, primary_key=True),
       Column("adapter_parameters", JSON), Column("model_version", String(100)),
       Column("predicted_mean", Float), Column("predicted_std", Float),
       Column("acquisition_value", Float), Column("objective", Float), Column("result", JSON),
-      Column("error", Text), Column("review_note", Text), Column("claimed_at", DateTime(timezone=True)),
+      Column("error", Text), Column("review_note", Text),
+      Column("claimed_at", DateTime(timezone=True)),
       Column("finished_at", DateTime(timezone=True)), Column("wall_time", Float),
       UniqueConstraint("campaign_id", "candidate_id", "adapter"))
 Table("rounds", V1, Column("id", Integer, primary_key=True),
@@ -163,10 +175,14 @@ def _write_v1(url: str) -> None:
     t = V1.tables
     now = utcnow()
     with engine.begin() as conn:
-        conn.execute(t["campaigns"].insert(), [{"id": 1, "name": "old", "config": {"name": "old"}, "created_at": now}])
+        conn.execute(
+            t["campaigns"].insert(),
+            [{"id": 1, "name": "old", "config": {"name": "old"}, "created_at": now}],
+        )
         conn.execute(t["candidates"].insert(), [
             {"id": i, "campaign_id": 1, "fingerprint": f"fp{i}", "formula": "Cu4", "n_atoms": 4,
-             "structure": _cu().as_dict(), "generator": "decoration:fcc", "parent": None, "round": 0}
+             "structure": _cu().as_dict(), "generator": "decoration:fcc", "parent": None,
+             "round": 0}
             for i in (1, 2, 3)
         ])
         blank = {c.name: None for c in t["evaluations"].columns}
@@ -181,8 +197,9 @@ def _write_v1(url: str) -> None:
             {"id": 3, "campaign_id": 1, "candidate_id": 3, "round": 0, "status": "running",
              "adapter": "emt", "adapter_parameters": {"fmax": 0.1}, "claimed_at": now},
         ]])
-        conn.execute(t["rounds"].insert(), [{"id": 1, "campaign_id": 1, "round": 0, "model_version": None,
-                                             "n_pool": 30, "info": {}, "started_at": now}])
+        conn.execute(t["rounds"].insert(), [{"id": 1, "campaign_id": 1, "round": 0,
+                                             "model_version": None, "n_pool": 30, "info": {},
+                                             "started_at": now}])
         if conn.dialect.name == "postgresql":  # as if the ids had come from the sequences
             for table in V1.tables:
                 conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
@@ -209,7 +226,9 @@ def test_a_version_1_store_opens_with_its_data_intact(store_url):
     )
     assert store.claim(cid, 1, _cu(), "fp4", "g", "emt", {"fmax": 0.1}).new
     with store.engine.connect() as conn:
-        assert "hunter2" not in str(list(conn.execute(text("SELECT adapter_parameters FROM evaluations"))))
+        assert "hunter2" not in str(
+            list(conn.execute(text("SELECT adapter_parameters FROM evaluations")))
+        )
     store.close()
     # opening again does not migrate again
     again = CampaignStore(store_url)
@@ -266,7 +285,9 @@ def run_concurrent_writers(url: str, gate: Path, n_workers: int = 4,
     deadline = time.time() + 180
     while len(list(gate.glob("ready*"))) < n_workers:
         assert time.time() < deadline, "the writer processes never became ready"
-        assert all(p.poll() is None for p in procs), "a writer process exited before the gate opened"
+        assert all(p.poll() is None for p in procs), (
+            "a writer process exited before the gate opened"
+        )
         time.sleep(0.01)
     (gate / "go").touch()
     outputs = []
