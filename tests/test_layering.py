@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import matforge.flows.campaign
 
 CODE = """
 import sys
@@ -29,3 +33,26 @@ def test_no_bare_engine_package_installed():
         capture_output=True, text=True, cwd="/",
     )
     assert out.stdout.strip() == "None"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_campaign_flow_holds_prefect_and_no_science():
+    """The round's science lives in engine/loop/round.py; the flow only wraps it."""
+    flow = Path(matforge.flows.campaign.__file__)
+    assert not _imported_modules(flow) & {"numpy", "scipy", "torch", "sklearn", "botorch"}
+    tree = ast.parse(flow.read_text())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    used |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    science = {"budget", "batch_size", "anomaly", "flag", "select", "propose", "Strategy",
+               "surrogate_metrics", "count"}
+    assert not used & science

@@ -28,7 +28,9 @@ def check_training_data(X, y, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray
     """Return X as a float array of shape (n, n_features) and y of shape (n,).
 
     Raises ValueError naming the problem when shapes disagree, there are fewer
-    than ``min_rows`` rows, or any value is NaN or infinite.
+    than ``min_rows`` rows, or any value is NaN or infinite. (Own rather than
+    scikit-learn's ``check_X_y``: a campaign's log shows the message, and it names
+    the array and the problem in one line.)
     """
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)

@@ -333,3 +333,17 @@ def test_surrogates_reject_bad_training_data(kind):
         make_surrogate(kind).fit(X, np.ones(5))
     with pytest.raises(ValueError, match="NaN"):
         make_surrogate(kind).fit(X, np.array([1.0, 2, 3, np.nan, 5, 6]))
+
+
+def test_recalibration_keeps_the_acquisitions_view_of_the_wrapped_surrogate():
+    from matforge.engine.models.gp import GPSurrogate
+
+    rng = np.random.default_rng(15)
+    X, y = rng.uniform(size=(12, 2)), rng.normal(size=12) ** 3
+    gp = GPSurrogate(random_state=0).fit(X, y)
+    wrapped = RecalibratedSurrogate(gp, 2.0)
+    np.testing.assert_allclose(wrapped.to_model_scale(y), gp.to_model_scale(y))
+    assert wrapped.acquisition_model() is gp.mixture_
+    assert wrapped.botorch_model() is gp.model_
+    np.testing.assert_allclose(wrapped.predict(X[:3], return_std=True)[1],
+                               2.0 * gp.predict(X[:3], return_std=True)[1])
