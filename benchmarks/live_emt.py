@@ -30,11 +30,16 @@ import numpy as np
 
 ELEMENT_SETS = {
     "CuAuPt": ["Cu", "Au", "Pt"],
-    "AlNiCu": ["Al", "Ni", "Cu"],
+    "CuNiPdPt": ["Cu", "Ni", "Pd", "Pt"],
     "AgPdPt": ["Ag", "Pd", "Pt"],
     "CuNiPdAgAu": ["Cu", "Ni", "Pd", "Ag", "Au"],
 }
-"""EMT's metals in four sets; the five-metal one is the held-out campaign of issue 13."""
+"""EMT's metals in four sets; the five-metal one is the held-out campaign of issue 13.
+(Al-Ni-Cu was tried and dropped: under EMT no candidate of it lies below the pure
+elements, so every campaign's best is an element at 0 eV/atom.)"""
+TIE = 5e-4
+"""eV/atom: bests closer than this are a tie (EMT relaxations to fmax 0.05 eV/Å land
+within about 1e-4 eV/atom of each other for one structure)."""
 
 
 def campaign_config(name: str, elements: list[str], seed: int, acquisition: str, args) -> dict:
@@ -86,8 +91,8 @@ def best_so_far(values: list[float | None]) -> np.ndarray:
 
 
 def evaluations_to_reach(values: list[float | None], target: float) -> int | None:
-    """How many evaluations it took to find a value at or below ``target`` (None: never)."""
-    reached = np.flatnonzero(best_so_far(values) <= target + 1e-12)
+    """How many evaluations it took to come within :data:`TIE` of ``target`` (None: never)."""
+    reached = np.flatnonzero(best_so_far(values) <= target + TIE)
     return int(reached[0]) + 1 if len(reached) else None
 
 
@@ -108,8 +113,8 @@ def summarize(runs: list[dict], strategy: str) -> dict:
             "random_best": theirs,
             "campaign_mean": float(np.mean(ours)),
             "random_mean": float(np.mean(theirs)),
-            "wins": sum(a < b - 1e-9 for a, b in zip(ours, theirs)),
-            "ties": sum(abs(a - b) <= 1e-9 for a, b in zip(ours, theirs)),
+            "wins": sum(a < b - TIE for a, b in zip(ours, theirs)),
+            "ties": sum(abs(a - b) <= TIE for a, b in zip(ours, theirs)),
             "to_reach_random_best": needed,
         }
     return table
