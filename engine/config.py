@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -24,6 +24,9 @@ from pydantic import (
 )
 
 LATTICES = ("fcc", "bcc", "hcp")
+SHARED_GENERATOR_SETTINGS = ("lattices", "max_atoms", "max_species")
+"""Fields of the ``generator`` section every generator receives when its constructor
+takes them, beside the campaign's ``elements``."""
 
 
 class ConfigError(ValueError):
@@ -65,27 +68,41 @@ def _check_parameters(section: str, kind: str, cls: type, parameters: dict, give
         )
 
 
-class GeneratorSource(_Section):
-    """A further generator, by its installed name, and the share of the pool it proposes."""
+class _PluginSection(_Section):
+    """A section that names an installed plug-in (``kind``) and its constructor arguments.
+
+    The kind must be installed in ``_group``; ``parameters`` must be arguments its
+    constructor takes, beside the ``_given`` ones matforge passes itself.
+    """
+
+    _group: ClassVar[str]
+    _section: ClassVar[str]
+    _given: ClassVar[tuple[str, ...]] = ()
 
     kind: str
-    share: float = Field(gt=0, le=1, description="share of generator.pool_size it proposes")
     parameters: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("kind")
     @classmethod
     def _kind_installed(cls, kind: str) -> str:
-        _installed("generators", kind)
+        _installed(cls._group, kind)
         return kind
 
     @model_validator(mode="after")
-    def _installed_kind(self) -> GeneratorSource:
-        from matforge.engine.materials.generate import CAMPAIGN_SETTINGS
-
-        cls = _installed("generators", self.kind)
-        _check_parameters("generator.sources", self.kind, cls, self.parameters,
-                          given=("elements", *CAMPAIGN_SETTINGS))
+    def _parameters_accepted(self):
+        cls = _installed(self._group, self.kind)
+        _check_parameters(self._section, self.kind, cls, self.parameters, self._given)
         return self
+
+
+class GeneratorSource(_PluginSection):
+    """A further generator, by its installed name, and the share of the pool it proposes."""
+
+    _group = "generators"
+    _section = "generator.sources"
+    _given = ("elements", *SHARED_GENERATOR_SETTINGS)
+
+    share: float = Field(gt=0, le=1, description="share of generator.pool_size it proposes")
 
 
 class GeneratorSettings(_Section):
@@ -117,24 +134,15 @@ class GeneratorSettings(_Section):
         return self
 
 
-class FeaturizerSettings(_Section):
+class FeaturizerSettings(_PluginSection):
     """How candidates become feature vectors: an installed featurizer (``material``,
     composition and structure features, by default) and its constructor arguments."""
 
+    _group = "featurizers"
+    _section = "featurizer"
+    _given = ("elements",)
+
     kind: str = "material"
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("kind")
-    @classmethod
-    def _kind_installed(cls, kind: str) -> str:
-        _installed("featurizers", kind)
-        return kind
-
-    @model_validator(mode="after")
-    def _installed_kind(self) -> FeaturizerSettings:
-        cls = _installed("featurizers", self.kind)
-        _check_parameters("featurizer", self.kind, cls, self.parameters, given=("elements",))
-        return self
 
 
 class ObjectiveSettings(_Section):
@@ -164,7 +172,7 @@ class ConstraintSettings(_Section):
         return self
 
 
-class SurrogateSettings(_Section):
+class SurrogateSettings(_PluginSection):
     """The model that screens candidates.
 
     ``gp``: Gaussian process, ARD Matérn-5/2 on rank-transformed targets (the
@@ -175,26 +183,20 @@ class SurrogateSettings(_Section):
     model's constructor (e.g. ``{kernel: rbf, y_transform: none}``).
     """
 
+    _group = "surrogates"
+    _section = "surrogate"
+
     kind: str = "gp"
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("kind")
-    @classmethod
-    def _kind_installed(cls, kind: str) -> str:
-        _installed("surrogates", kind)
-        return kind
-
-    @model_validator(mode="after")
-    def _parameters_fit(self) -> SurrogateSettings:
-        cls = _installed("surrogates", self.kind)
-        _check_parameters("surrogate", self.kind, cls, self.parameters)
-        return self
 
 
-class AcquisitionSettings(_Section):
+class AcquisitionSettings(_PluginSection):
     """How a batch is chosen: ``ptop`` (default), ``pucb``, ``qlogei``, ``qlognei``,
     ``ucb``, ``thompson``, ``greedy``, ``explore``, ``random`` (the baseline), or any
     acquisition installed as a plug-in."""
+
+    _group = "acquisitions"
+    _section = "acquisition"
+    _given = ("beta", "top_share")
 
     kind: str = "ptop"
     beta: float = Field(1.0, ge=0, le=100, description="exploration weight of ucb and pucb")
@@ -207,19 +209,6 @@ class AcquisitionSettings(_Section):
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="further constructor arguments (a plug-in's)"
     )
-
-    @field_validator("kind")
-    @classmethod
-    def _kind_installed(cls, kind: str) -> str:
-        _installed("acquisitions", kind)
-        return kind
-
-    @model_validator(mode="after")
-    def _installed_kind(self) -> AcquisitionSettings:
-        cls = _installed("acquisitions", self.kind)
-        _check_parameters("acquisition", self.kind, cls, self.parameters,
-                          given=("beta", "top_share"))
-        return self
 
 
 class EvaluatorSettings(_Section):

@@ -26,11 +26,10 @@ from matforge.engine.acquisition.multiobjective import (
     select_pareto_batch,
 )
 from matforge.engine.acquisition.strategy import MIN_TRAINING, Selection, Strategy
-from matforge.engine.config import CampaignConfig
+from matforge.engine.config import SHARED_GENERATOR_SETTINGS, CampaignConfig
 from matforge.engine.loop.anomaly import flag_anomalies, residual_scores
 from matforge.engine.materials.featurize import Featurizer, standardize
 from matforge.engine.materials.generate import (
-    CAMPAIGN_SETTINGS,
     Candidate,
     DecorationGenerator,
     Generator,
@@ -55,7 +54,8 @@ def make_generator(config: CampaignConfig, kind: str, parameters: dict | None = 
     section's lattices, max_atoms and max_species go to it where it takes them."""
     cls = plugins.load("generators", kind, Generator)
     accepted = inspect.signature(cls.__init__).parameters
-    shared = {k: getattr(config.generator, k) for k in CAMPAIGN_SETTINGS if k in accepted}
+    shared = {k: getattr(config.generator, k) for k in SHARED_GENERATOR_SETTINGS
+              if k in accepted}
     return cls(config.elements, **shared, **(parameters or {}))
 
 

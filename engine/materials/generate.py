@@ -70,17 +70,12 @@ class Candidate:
             self.fingerprint = fingerprint(self.structure)
 
 
-CAMPAIGN_SETTINGS = ("lattices", "max_atoms", "max_species")
-"""Settings of a campaign's ``generator`` section a generator receives when its
-constructor takes them, beside the campaign's ``elements``."""
-
-
 class Generator(abc.ABC):
     """Proposes candidate structures over a campaign's elements.
 
     Settings go in the constructor, whose first argument is the campaign's
-    ``elements`` (and which may take :data:`CAMPAIGN_SETTINGS`); the round's
-    state goes in the call. Duplicates and candidates already in the store are
+    ``elements`` (it may also take the ``generator`` section's ``lattices``,
+    ``max_atoms`` and ``max_species``); the round's state goes in the call. Duplicates and candidates already in the store are
     dropped by the caller, so a generator need not track them.
     """
 
