@@ -75,8 +75,9 @@ class Generator(abc.ABC):
 
     Settings go in the constructor, whose first argument is the campaign's
     ``elements`` (it may also take the ``generator`` section's ``lattices``,
-    ``max_atoms`` and ``max_species``); the round's state goes in the call. Duplicates and candidates already in the store are
-    dropped by the caller, so a generator need not track them.
+    ``max_atoms`` and ``max_species``); the round's state goes in the call.
+    Duplicates and candidates already in the store are dropped by the caller, so
+    a generator need not track them.
     """
 
     name: str = ""
