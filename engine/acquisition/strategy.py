@@ -178,25 +178,24 @@ class Strategy:
         weights the acquisition.
         """
         n = min(int(n), len(X_pool))
-        if not self.acquisition_.needs_model:
-            idx, acq = self.acquisition_.select(None, X_pool, y_train, n, seed=seed,
-                                                pending=pending)
-            nan = np.full(len(idx), np.nan)
-            return Selection(np.asarray(idx), nan, nan, nan, None)
-        if len(y_train) < MIN_TRAINING:
+        if self.acquisition_.needs_model and len(y_train) >= MIN_TRAINING:
+            model = self.fit(X_train, y_train, seed, X_pool, maximize)
+            idx, acq = self.acquisition_.select(
+                model, X_pool, y_train, n, maximize=maximize, seed=seed, X_train=X_train,
+                pending=pending, constraint=constraint, budget=self.budget,
+            )
+            mean, std = model.predict(X_pool[idx], return_std=True)
+            return Selection(
+                np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train))
+            )
+        if self.acquisition_.needs_model:
             (scaled,) = unit_scale(X_pool)
             idx = diverse_random_batch(scaled, n, np.random.default_rng(seed))
-            nan = np.full(len(idx), np.nan)
-            return Selection(np.asarray(idx), nan, nan, nan, None)
-        model = self.fit(X_train, y_train, seed, X_pool, maximize)
-        idx, acq = self.acquisition_.select(
-            model, X_pool, y_train, n, maximize=maximize, seed=seed, X_train=X_train,
-            pending=pending, constraint=constraint, budget=self.budget,
-        )
-        mean, std = model.predict(X_pool[idx], return_std=True)
-        return Selection(
-            np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train))
-        )
+        else:
+            idx, _ = self.acquisition_.select(None, X_pool, y_train, n, seed=seed,
+                                              pending=pending)
+        nan = np.full(len(idx), np.nan)
+        return Selection(np.asarray(idx), nan, nan, nan, None)
 
     def model_version(self, n_train: int) -> str:
         return f"{self.surrogate}-n{n_train}"
