@@ -621,6 +621,7 @@ class CampaignStore:
             if row is None:
                 raise KeyError(f"round {result.round} was never started")
             row.info = json_safe(result.model_dump(mode="json"))
+            row.model_version = result.model_version
             row.finished_at = utcnow()
 
     def last_round(self, campaign_id: int) -> int:

@@ -86,6 +86,7 @@ def test_a_campaign_runs_to_its_budget_and_a_rerun_adds_nothing(setup):
     # each round records the cross-validated quality of the next round's model
     assert set(seen[-1].surrogate_metrics) >= {"rmse", "nll", "coverage90"}
     assert [r.result for r in store.rounds(cid)] == seen
+    assert [r.model_version for r in store.rounds(cid)] == [None, "gp-n4", "gp-n8"]
     ids = [e.id for e in store.evaluations(cid)]
     assert run_campaign(config, store, evaluator, dispatch)["evaluations"] == 12
     assert [e.id for e in store.evaluations(cid)] == ids
