@@ -52,11 +52,17 @@ class Evaluator(abc.ABC):
 
     Settings go in the constructor, the system in the call:
     ``Evaluator(**params).evaluate(structure, workdir)``. Subclasses list the
-    scalar properties they return in ``implemented_properties``.
+    scalar properties they return in ``implemented_properties``, the elements
+    they have parameters for in ``supported_elements`` (None: any), and the
+    constructor parameters that are file paths in ``path_parameters`` (a
+    relative one resolves against the campaign file's directory and must stay
+    under it).
     """
 
     name: ClassVar[str] = ""
     implemented_properties: ClassVar[tuple[str, ...]] = ()
+    supported_elements: ClassVar[frozenset[str] | None] = None
+    path_parameters: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:

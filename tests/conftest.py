@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +47,35 @@ def prefect_server(tmp_path_factory):
     if proc is not None:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+TESTING_ADAPTERS = Path(__file__).parent / "data" / "testing_adapters"
+
+
+@pytest.fixture(scope="session")
+def testing_adapters(tmp_path_factory):
+    """The fault-injecting test adapters (``emt-flaky``, ``emt-ledger``), installed by pip.
+
+    They are a package of their own, so the production entry points never list them;
+    the site they are installed in goes on ``sys.path`` (this process, and the
+    evaluation processes it forks) and on ``PYTHONPATH`` (the ``matforge`` processes
+    tests start). Returns the site directory.
+    """
+    site = tmp_path_factory.mktemp("testing-adapters")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--no-build-isolation", "--target", str(site), str(TESTING_ADAPTERS)],
+        check=True, capture_output=True,
+    )
+    sys.path.insert(0, str(site))
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), previous) if p)
+    yield site
+    sys.path.remove(str(site))
+    if previous is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = previous
 
 
 POSTGRES = os.environ.get(

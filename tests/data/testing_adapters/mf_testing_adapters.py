@@ -1,8 +1,9 @@
 """Evaluators for testing durability and fault handling; real EMT underneath.
 
 ``emt-ledger`` counts what the campaign paid for; ``emt-flaky`` fails a seeded
-share of calls in the ways real codes do. Both register as entry points like
-any adapter, so campaigns use them by name.
+share of calls in the ways real codes do. Both register as entry points of this
+package of their own (the tests install it with pip), so campaigns use them by
+name where it is installed and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
 
 from pymatgen.core import Structure
 
 from matforge.adapters.ase_calc import EMTEvaluator
-from matforge.adapters.base import EvaluationError, EvaluationResult
+from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator
 from matforge.engine.materials.structures import fingerprint
 
 
@@ -35,6 +37,7 @@ class LedgerEMTEvaluator(EMTEvaluator):
     """
 
     name = "emt-ledger"
+    path_parameters = ("ledger",)
 
     def __init__(
         self, ledger: str, fmax: float = 0.05, max_steps: int = 300, relax_cell: bool = True
@@ -113,9 +116,7 @@ class FlakyEMTEvaluator(EMTEvaluator):
         if how == "exception":
             raise ConnectionError(f"lost the connection to the compute node (attempt {attempt})")
         if how == "timeout":
-            deadline = time.monotonic() + self.hang
-            while time.monotonic() < deadline:  # short sleeps so a timeout can interrupt
-                time.sleep(0.05)
+            time.sleep(self.hang)  # blocks: only killing the process stops it
             raise EvaluationError(f"hung for {self.hang} s and nobody stopped it")
         result = super().evaluate(structure, workdir)
         if how == "nan":
@@ -123,3 +124,24 @@ class FlakyEMTEvaluator(EMTEvaluator):
         if how == "unconverged":
             return result.model_copy(update={"converged": False})
         return result
+
+
+class SleepEvaluator(Evaluator):
+    """Blocks for ``seconds`` in ``time.sleep`` (``how="python"``) or in a ``sleep`` child
+    process (``how="process"``), as a hung code would, then returns a fixed result."""
+
+    name = "sleep"
+    implemented_properties = ("energy", "energy_per_atom")
+
+    def __init__(self, seconds: float = 60.0, how: str = "python"):
+        if how not in ("python", "process"):
+            raise ValueError(f"how must be 'python' or 'process', got {how!r}")
+        self.seconds = float(seconds)
+        self.how = how
+
+    def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
+        if self.how == "python":
+            time.sleep(self.seconds)
+        else:
+            subprocess.run(["sleep", str(self.seconds)], check=True)
+        return EvaluationResult(energy=-1.0 * len(structure), energy_per_atom=-1.0)
