@@ -3,12 +3,18 @@
 A campaign file names everything a run needs, so two runs of the same file do
 the same science. Validation happens before anything is written; an invalid
 file raises :class:`ConfigError` with one message naming the field and why.
+Types are strict (``budget: true`` or ``batch_size: '4'`` are refused, not
+coerced), a file is at most :data:`MAX_FILE_BYTES` and, with its YAML aliases
+expanded, at most :data:`MAX_NODES` values, and relative paths stay under the
+campaign file's directory (:func:`check_paths`).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,8 +39,18 @@ class ConfigError(ValueError):
     """A campaign file that cannot be run; the message names the field and the reason."""
 
 
+MAX_FILE_BYTES = 1_000_000
+"""Largest campaign file read; a real one is a few hundred bytes."""
+MAX_NODES = 100_000
+"""Most values (mappings, lists, scalars) a campaign file may hold once its YAML aliases are
+expanded, so that an alias bomb ("billion laughs") is refused instead of expanded."""
+MAX_SHOWN = 80
+"""Characters of a refused value shown in an error message."""
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `budget: true` or `batch_size: '4'` are mistakes to name, not values to coerce
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 _BASES = {
@@ -281,9 +297,18 @@ class CampaignConfig(_Section):
     budget: int = Field(40, ge=1, le=10_000_000, description="maximum number of evaluations")
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
-    store: str = Field("sqlite:///matforge.db", description="SQLAlchemy URL of the campaign store")
+    store: str = Field("sqlite:///matforge.db", repr=False,  # a repr may reach a log line
+                       description="SQLAlchemy URL of the campaign store")
     workdir: str = Field("matforge-runs", description="where each evaluation gets its directory")
     seed: int = Field(0, ge=0)
+
+    @field_serializer("store", when_used="json")
+    def _redact_store_password(self, store: str) -> str:
+        # JSON copies (the Prefect API's flow parameters, the store) never carry the password;
+        # a flow finds it again with matforge.engine.store.sql.runtime_url
+        from matforge.engine.store.sql import redact_url
+
+        return redact_url(store)
 
     @field_validator("elements")
     @classmethod
@@ -350,6 +375,64 @@ def check_properties(config: CampaignConfig, adapter: str, offered, source: str 
             )
 
 
+def check_elements(config: CampaignConfig, adapter: str, supported, source: str = "campaign"):
+    """Refuse elements the adapter has no parameters for (``supported``; None: any element).
+
+    Raises :class:`ConfigError` naming ``elements``, the elements and what the
+    adapter supports, before a budget is spent on evaluations that must fail.
+    """
+    if supported is None:
+        return
+    missing = [element for element in config.elements if element not in supported]
+    if missing:
+        raise ConfigError(
+            f"{source}: field 'elements': adapter {adapter!r} has no parameters for "
+            f"{', '.join(missing)} (it supports: {', '.join(sorted(supported))})"
+        )
+
+
+def check_paths(
+    config: CampaignConfig, base: str | Path, path_parameters=(), source: str = "campaign"
+) -> CampaignConfig:
+    """Keep the workdir and the adapter's path parameters under the campaign's directory.
+
+    A relative path resolves against ``base`` (the campaign file's directory) and
+    must stay under it; an absolute path is the file's explicit choice and is
+    kept. ``path_parameters`` are the names of the adapter's parameters that
+    are paths (``Evaluator.path_parameters``). Returns a copy with these paths
+    absolute; raises :class:`ConfigError` naming the field for one that leaves.
+    """
+    base = Path(base).resolve()
+
+    def under(field: str, value) -> str:
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return str(path)
+        resolved = (base / path).resolve()
+        if not resolved.is_relative_to(base):
+            raise ConfigError(
+                f"{source}: field '{field}': {str(value)!r} leads outside the campaign's "
+                f"directory {base} (write an absolute path to mean it)"
+            )
+        return str(resolved)
+
+    workdir = under("workdir", config.workdir)
+    parameters = dict(config.evaluator.parameters)
+    for name in path_parameters:
+        if isinstance(parameters.get(name), (str, os.PathLike)):
+            parameters[name] = under(f"evaluator.parameters.{name}", parameters[name])
+    evaluator = config.evaluator.model_copy(update={"parameters": parameters})
+    return config.model_copy(update={"workdir": workdir, "evaluator": evaluator})
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
+
+
+def _shown(value: Any) -> str:
+    return _clip(repr(value))
+
+
 def _describe(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -364,7 +447,7 @@ def _describe(error: ValidationError, source: str) -> str:
     tail = f" ({more} more problem{'s' if more > 1 else ''})" if more else ""
     got = first.get("input")
     quiet = first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
-    shown = "" if quiet else f", got {got!r}"
+    shown = "" if quiet else f", got {_shown(got)}"
     message = f"{source}: field '{field}': {msg}{shown}{tail}"
     # one line, whatever the file's keys contain
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
@@ -380,18 +463,64 @@ def parse_config(data: Any, source: str = "campaign") -> CampaignConfig:
         raise ConfigError(_describe(error, source)) from None
 
 
+class _CampaignLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-3`` as a number (YAML 1.2), as people write it."""
+
+
+_CampaignLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """Refuse data with more than MAX_NODES values, counting every alias as a copy.
+
+    The walk stops once past the limit, so it costs at most MAX_NODES steps
+    however large the expansion (or a self-referencing alias) would be.
+    """
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(
+                f"{source}: too large once its YAML aliases are expanded (more than "
+                f"{MAX_NODES} values); a campaign file holds a few dozen"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
 def load_config(path: str | Path) -> CampaignConfig:
     """Read and validate a YAML campaign file; relative paths resolve beside the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read campaign file ({error.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_FILE_BYTES} bytes; a campaign file is a few hundred"
+        )
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    try:
+        data = yaml.load(text, Loader=_CampaignLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         problem = " ".join(str(getattr(error, "problem", None) or error).split())
-        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
-    return parse_config(data, str(path)).resolved(path.parent.resolve())
+        raise ConfigError(f"{path}: not valid YAML{line}: {_clip(problem)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a campaign file") from None
+    _check_expanded_size(data, str(path))
+    base = path.parent.resolve()
+    return check_paths(parse_config(data, str(path)), base, (), str(path)).resolved(base)

@@ -64,6 +64,11 @@ class MatforgeSettings(BaseSettings):
     cores: int = Field(
         default_factory=available_cores, ge=1, description="CPU cores matforge may use"
     )
+    lease: float = Field(
+        60.0, ge=1.0, le=86_400.0,
+        description="seconds a run keeps its campaign without a heartbeat; a second run "
+                    "takes over a dead run's campaign only after this",
+    )
 
     def threads_per_process(self) -> int:
         """``threads`` if set, else an equal share of ``cores`` per worker (at least 1)."""

@@ -10,6 +10,7 @@ publishes the needs-review table.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -23,7 +24,7 @@ from matforge.engine.config import CampaignConfig, EvaluatorSettings
 from matforge.engine.loop.round import Work, describe_error, evaluate_claimed, run_campaign
 from matforge.engine.settings import get_settings, limit_threads
 from matforge.engine.store.records import RoundResult
-from matforge.engine.store.sql import CampaignStore
+from matforge.engine.store.sql import CampaignStore, Owner
 
 TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -37,16 +38,17 @@ def evaluate_task(
     Exceptions propagate so the task's retry policy can act on them; the
     dispatcher records what is left after the last retry.
     """
-    return evaluate_claimed(
-        _store(store_url), work, objective, lambda: load_evaluator(adapter, parameters)
-    )
+    return evaluate_claimed(_store(store_url), work, objective,
+                            partial(load_evaluator, adapter, parameters))
 
 
 def retry_policy(settings: EvaluatorSettings) -> dict[str, Any]:
-    """Prefect task options for an adapter's timeout and retries.
+    """Prefect task options for an adapter's retries.
 
     Retries wait ``retry_backoff`` seconds, doubling each time, and happen only
-    for exceptions whose class or a base class is named in ``retry_on``.
+    for exceptions whose class or a base class is named in ``retry_on``. The
+    timeout is not Prefect's (a thread cannot be stopped): the evaluation's own
+    process is killed at its deadline and raises ``TimeoutError``.
     """
     retryable = set(settings.retry_on)
 
@@ -57,7 +59,7 @@ def retry_policy(settings: EvaluatorSettings) -> dict[str, Any]:
             return any(cls.__name__ in retryable for cls in type(error).__mro__)
         return False
 
-    options: dict[str, Any] = {"timeout_seconds": settings.timeout, "retries": settings.retries}
+    options: dict[str, Any] = {"retries": settings.retries}
     if settings.retries:
         options["retry_delay_seconds"] = [
             settings.retry_backoff * 2**i for i in range(settings.retries)
@@ -92,7 +94,7 @@ def task_dispatcher(config: CampaignConfig, store: CampaignStore):
                 error = future.state.message or "evaluation failed"
             except Exception as exc:
                 error = describe_error(exc)
-            store.complete(item.evaluation_id, "failed", error=error)
+            store.complete(item.evaluation_id, "failed", error=error, owner=item.owner)
             logger.warning("evaluation %s failed: %s", item.evaluation_id, error)
 
     return dispatch
@@ -131,6 +133,10 @@ _stores: dict[str, CampaignStore] = {}
 
 
 def _store(url: str) -> CampaignStore:
+    # a URL whose password came back redacted from the Prefect API gets it from the environment
+    from matforge.engine.store.sql import runtime_url
+
+    url = runtime_url(url)
     if url not in _stores:
         _stores[url] = CampaignStore(url)
     return _stores[url]
@@ -138,10 +144,13 @@ def _store(url: str) -> CampaignStore:
 
 @flow(name="campaign", log_prints=True,
       task_runner=ThreadPoolTaskRunner(max_workers=get_settings().workers))
-def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
+def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str, Any]:
     """Run rounds until the campaign's budget of evaluations is spent.
 
-    Returns a summary: evaluations by status and the best result.
+    A second run of a campaign waits for the first (or, if it died, for its lease to
+    expire) and then continues it. ``new_config`` accepts a changed element set or
+    evaluator for an existing campaign. Returns a summary: evaluations by status and
+    the best result.
     """
     logger = get_run_logger()
     limit_threads()  # a deployment's worker does not pass through the CLI
@@ -161,5 +170,9 @@ def campaign_flow(config: CampaignConfig) -> dict[str, Any]:
             campaign_id = campaign_id or store.campaign_id(config.name)
             review_artifact_task(config, campaign_id)
 
+    def on_wait(owner: Owner) -> None:
+        logger.warning("campaign %s is being run by %s; waiting until it ends or its "
+                       "lease expires", config.name, owner.describe())
+
     return run_campaign(config, store, evaluator, task_dispatcher(config, store), stage_task,
-                        on_round)
+                        on_round, new_config=new_config, on_wait=on_wait)

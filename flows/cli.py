@@ -6,17 +6,34 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from matforge.engine.config import CampaignConfig, ConfigError, load_config, parse_config
 from matforge.engine.settings import SettingsError, get_settings, limit_threads
 
 EXIT_BAD_INPUT = 2
+MAX_MESSAGE = 300
+"""Characters of an error message shown; what a longer one adds is noise."""
 
 
 def _fail(message: str) -> int:
-    print(f"matforge: error: {message}", file=sys.stderr)
+    """Print ``matforge: error: <message>`` as one line of stderr; return exit code 2."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+    if len(line) > MAX_MESSAGE:
+        line = line[: MAX_MESSAGE - 1] + "…"
+    print(f"matforge: error: {line}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line and exit code 2, not usage and a line."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        _fail(f"{command + ': ' if command else ''}{message} (see {self.prog} -h)")
+        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _quiet_console(verbose: bool) -> None:
@@ -60,13 +77,15 @@ def _progress(config: CampaignConfig):
     return render
 
 
-def _run_one(config: CampaignConfig, verbose: bool) -> dict:
+def _run_one(config: CampaignConfig, verbose: bool, new_config: bool = False) -> dict:
     from rich.live import Live
 
     from matforge.flows.campaign import campaign_flow
+    from matforge.flows.watchdog import watch_server
 
     with Live(get_renderable=_progress(config), refresh_per_second=2) as live:
-        summary = campaign_flow(config)
+        with watch_server():  # lost server: one message, exit 1 (rerun continues)
+            summary = campaign_flow(config, new_config)
         live.refresh()
     print()
     return summary
@@ -96,6 +115,10 @@ def _print_summary(config: CampaignConfig, summary: dict) -> None:
         console.print(f"{len(summary['failed'])} evaluation(s) failed: "
                       + "; ".join(f"#{f['evaluation']}: {f['error']}"
                                   for f in summary["failed"][:5]))
+    for r in summary.get("running", []):
+        state = "alive" if r["alive"] else "not alive: taken over when its lease expires"
+        console.print(f"running #{r['evaluation']} {r['formula']} (round {r['round']}): "
+                      f"{r['owner']}, {state}")
 
 
 def cmd_run(args) -> int:
@@ -106,16 +129,31 @@ def cmd_run(args) -> int:
     except ConfigError as error:
         return _fail(str(error))
     from matforge.adapters import AdapterError, load_evaluator
-    from matforge.engine.config import check_properties
+    from matforge.engine.config import check_elements, check_paths, check_properties
+    from matforge.engine.store.sql import CampaignStore, SchemaError, StoreError
 
     try:
         evaluator = load_evaluator(config.evaluator.adapter, config.evaluator.parameters)
     except (AdapterError, ValueError) as error:
         return _fail(f"{args.config}: field 'evaluator': {error}")
+    adapter = type(evaluator)
     try:
         check_properties(config, config.evaluator.adapter, evaluator.implemented_properties,
                          args.config)
+        check_elements(config, config.evaluator.adapter,
+                       getattr(adapter, "supported_elements", None), args.config)
+        config = check_paths(config, Path(args.config).parent,
+                             getattr(adapter, "path_parameters", ()), args.config)
     except ConfigError as error:
+        return _fail(str(error))
+    from matforge.engine.loop.round import check_same_campaign
+
+    try:
+        # a store that cannot be opened, or a file that would make this campaign another
+        # one, is named now, before a server starts or a round runs
+        with closing(CampaignStore(config.store)) as store:
+            check_same_campaign(store, config, args.new_config, args.config)
+    except (StoreError, SchemaError, ConfigError) as error:
         return _fail(str(error))
     from matforge.flows.server import prefect_api
 
@@ -128,7 +166,7 @@ def _run(config: CampaignConfig, args, api: str) -> int:
 
     print(f"Prefect UI: {ui_url(api)}  (flow 'campaign')")
     _quiet_console(args.verbose)
-    summary = _run_one(config, args.verbose)
+    summary = _run_one(config, args.verbose, args.new_config)
     _print_summary(config, summary)
     if args.compare_random:
         baseline = config.model_copy(
@@ -150,47 +188,89 @@ def _run(config: CampaignConfig, args, api: str) -> int:
 
 
 def _open(target: str, store_url: str | None):
-    """The store and campaign name for a campaign file or a campaign name."""
+    """The store and campaign name for a campaign file or a campaign name.
+
+    Opens an existing store only: a missing one is a StoreError, never a new file.
+    """
     from matforge.engine.store.sql import CampaignStore
 
     if Path(target).is_file():
         config = load_config(target)
-        return CampaignStore(store_url or config.store), config.name
-    return CampaignStore(store_url or get_settings().store), target
+        return CampaignStore(store_url or config.store, create=False), config.name
+    if Path(target).is_dir():
+        raise ConfigError(f"{target}: is a directory, not a campaign file or name")
+    if "/" in target or os.sep in target:
+        raise ConfigError(f"{target}: no such campaign file")
+    return CampaignStore(store_url or get_settings().store, create=False), target
 
 
 def cmd_status(args) -> int:
     from matforge.engine.loop.round import summarize
+    from matforge.engine.store.sql import SchemaError, StoreError
 
+    if args.top < 1:
+        return _fail(f"--top must be >= 1, got {args.top}")
     try:
         store, name = _open(args.target, args.store)
-        config = parse_config(store.campaign_config(name), name)
-        cid = store.campaign_id(name)
-    except (ConfigError, KeyError) as error:
-        return _fail(str(error).strip("'\""))
-    _print_summary(config, summarize(store, cid, config.objective.is_maximized(), top=args.top))
+    except (ConfigError, StoreError, SchemaError) as error:
+        return _fail(str(error))
+    with closing(store):
+        try:
+            config = parse_config(store.campaign_config(name), name)
+            cid = store.campaign_id(name)
+        except (ConfigError, KeyError) as error:
+            return _fail(str(error).strip("'\""))
+        _print_summary(config, summarize(store, cid, config.objective.is_maximized(), top=args.top))
     return 0
 
 
 def cmd_review(args) -> int:
+    from matforge.engine.store.sql import SchemaError, StoreError
+
+    both = sorted(set(args.accept) & set(args.reject))
+    if both:
+        return _fail(f"--accept and --reject both name evaluation(s) {both}: decide each once")
+    if args.note is not None and not (args.accept or args.reject):
+        return _fail("--note goes with a decision: give --accept or --reject ids")
     try:
         store, name = _open(args.target, args.store)
-        cid = store.campaign_id(name)
-    except (ConfigError, KeyError) as error:
-        return _fail(str(error).strip("'\""))
-    pending = {e.id for e in store.evaluations(cid, statuses=("needs_review",))}
-    for ids, status in ((args.accept, "accepted"), (args.reject, "rejected")):
-        unknown = sorted(set(ids) - pending)
+    except (ConfigError, StoreError, SchemaError) as error:
+        return _fail(str(error))
+    with closing(store):
+        try:
+            cid = store.campaign_id(name)
+        except KeyError as error:
+            return _fail(str(error).strip("'\""))
+        pending = {e.id for e in store.evaluations(cid, statuses=("needs_review",))}
+        # every id is checked before any decision is stored, so a refusal changes nothing
+        unknown = sorted((set(args.accept) | set(args.reject)) - pending)
         if unknown:
             return _fail(f"evaluation(s) {unknown} of {name} are not awaiting review")
-        if ids:
-            store.set_status(ids, status, note=args.note)
-            print(f"{status}: {', '.join(map(str, ids))}")
-    if not (args.accept or args.reject):
-        for e in store.evaluations(cid, statuses=("needs_review",)):
-            print(f"#{e.id} round {e.round} {e.formula}: objective {e.objective} "
-                  f"(predicted {e.predicted_mean} ± {e.predicted_std})")
+        for ids, status in ((args.accept, "accepted"), (args.reject, "rejected")):
+            if ids:
+                store.set_status(ids, status, note=args.note)
+                print(f"{status}: {', '.join(map(str, ids))}")
+        if not (args.accept or args.reject):
+            for e in store.evaluations(cid, statuses=("needs_review",)):
+                print(f"#{e.id} round {e.round} {e.formula}: objective {e.objective} "
+                      f"(predicted {e.predicted_mean} ± {e.predicted_std})")
     return 0
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at ``path``, or None when it can."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.absolute().parent
+    if not parent.exists():
+        return f"directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "is not writable"
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    return None
 
 
 def cmd_benchmark_pool(args) -> int:
@@ -211,6 +291,10 @@ def cmd_benchmark_pool(args) -> int:
                              ("--seed", args.seed, 0)):
         if value < low:
             return _fail(f"{flag} must be >= {low}, got {value}")
+    if args.out:
+        problem = _unwritable(Path(args.out))
+        if problem:
+            return _fail(f"--out {args.out}: {problem}")
     try:
         table = TableEvaluator(args.data, args.target, args.minimize)
     except TableError as error:
@@ -265,12 +349,15 @@ def cmd_plugins(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="matforge", description=__doc__)
+    parser = _Parser(prog="matforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a campaign to its budget (continues a stopped one)")
     run.add_argument("config", help="campaign YAML file")
     run.add_argument("--budget", type=int, help="override the file's budget")
+    run.add_argument("--new-config", action="store_true",
+                     help="continue an existing campaign whose elements or evaluator changed "
+                          "(a changed objective needs a new campaign name)")
     run.add_argument("--compare-random", action="store_true",
                      help="also evaluate as many random picks from the same generator and compare")
     run.add_argument("-v", "--verbose", action="store_true", help="print every Prefect task line")

@@ -196,3 +196,148 @@ def test_bad_campaign_files_are_refused_with_one_message_and_exit_2(text):
         assert code == 2
         assert err.getvalue().startswith("matforge: error: ") and err.getvalue().count("\n") == 1
         assert [p.name for p in Path(tmp).iterdir()] == ["campaign.yaml"]
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """Exit code and stderr of one ``matforge`` command (argparse's refusals exit by SystemExit)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as stop:
+            code = stop.code
+    return code, err.getvalue()
+
+
+def _refused_once(code: int, err: str) -> bool:
+    return (code == 2 and err.startswith("matforge: error: ") and err.count("\n") == 1
+            and "Traceback" not in err)
+
+
+@contextlib.contextmanager
+def _workspace():
+    """A directory with a campaign file, a pool table and a store holding campaign 'fuzz';
+    on exit, checks that nothing was created there and no file changed."""
+    from matforge.engine.store.sql import CampaignStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "campaign.yaml").write_text(yaml.safe_dump(VALID))
+        (root / "pool.csv").write_text(
+            "x,y\n" + "".join(f"{i},{(i * 7) % 5}\n" for i in range(8))
+        )
+        store = CampaignStore(f"sqlite:///{root / 'store.db'}")
+        store.campaign_id("fuzz", VALID)
+        store.close()
+        before = {p.name: p.read_bytes() for p in root.iterdir()}
+        yield root
+        assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+
+
+def _refused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BAD_STORES = [
+    "{root}",  # a directory
+    "sqlite:///{root}",
+    "sqlite:///{root}/missing/dir/store.db",
+    "sqlite:///{root}/campaign.yaml/store.db",  # parent is a file
+    "sqlite:///{root}/campaign.yaml",  # not a database
+    "not a url",
+    "://user:pw@host/db",
+    "mysql://user:pw@127.0.0.1/db",
+    "postgresql+asyncpg://postgres:pw@127.0.0.1:5432/test",
+    "nosuchdriver://x",
+    "postgresql+psycopg2://postgres:pw@127.0.0.1:{port}/test",  # refused port
+    "postgresql+psycopg2://postgres:pw@127.0.0.1:5432/mf_no_such_database",
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    template=st.sampled_from(BAD_STORES),
+    command=st.sampled_from(["run", "status", "review"]),
+)
+def test_bad_store_urls_are_refused_with_one_line_and_change_nothing(template, command):
+    with _workspace() as root:
+        url = template.format(root=root, port=_refused_port())
+        if command == "run":
+            (root / "campaign.yaml").write_text(yaml.safe_dump({**VALID, "store": url}))
+            argv = ["run", str(root / "campaign.yaml")]
+        else:
+            argv = [command, "fuzz", "--store", url]
+        code, err = _cli(argv)
+        assert _refused_once(code, err), (argv, code, err)
+        assert ":pw@" not in err
+        if command == "run":  # put the file back as _workspace wrote it
+            (root / "campaign.yaml").write_text(yaml.safe_dump(VALID))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=30))
+def test_junk_store_urls_are_refused_without_creating_anything(junk):
+    with _workspace() as root:
+        code, err = _cli(["status", "fuzz", "--store", junk.replace("\x00", "")])
+        # a junk string is never this workspace's store, so it is never opened as one
+        assert _refused_once(code, err), (junk, code, err)
+        assert not (root / "matforge.db").exists()
+
+
+not_positive = st.integers(-10**6, 0).map(str)
+not_integers = st.sampled_from(["1.5", "abc", "", "1e3", "0x10", "--", "NaN", "3x"])
+
+
+@st.composite
+def bad_command_lines(draw):
+    kind = draw(st.sampled_from(
+        ["top", "pool-number", "pool-seed", "not-int", "review-both", "run-budget", "missing"]
+    ))
+    store = ["--store", "sqlite:///{root}/store.db"]
+    if kind == "top":
+        return ["status", "fuzz", *store, "--top", draw(not_positive)]
+    if kind == "pool-number":
+        flag = draw(st.sampled_from(["--budget", "--repeats", "--init", "--batch"]))
+        return ["benchmark", "pool", "{root}/pool.csv", "--target", "y", flag, draw(not_positive)]
+    if kind == "pool-seed":
+        return ["benchmark", "pool", "{root}/pool.csv", "--target", "y", "--seed",
+                str(draw(st.integers(-10**6, -1)))]
+    if kind == "not-int":
+        return draw(st.sampled_from([
+            ["status", "fuzz", *store, "--top"],
+            ["benchmark", "pool", "{root}/pool.csv", "--target", "y", "--budget"],
+            ["run", "{root}/campaign.yaml", "--budget"],
+            ["review", "fuzz", *store, "--accept"],
+        ])) + [draw(not_integers)]
+    if kind == "review-both":
+        n = str(draw(st.integers(-3, 10**6)))
+        return ["review", "fuzz", *store, "--accept", n, "--reject", n]
+    if kind == "run-budget":
+        return ["run", "{root}/campaign.yaml", "--budget", draw(not_positive)]
+    return draw(st.sampled_from([
+        ["run", "{root}/missing.yaml"],
+        ["run", "{root}"],
+        ["status", "{root}/missing.yaml"],
+        ["review", "{root}/missing.yaml"],
+        ["status", "{root}"],
+        ["status", "no-such-campaign", *store],
+        ["review", "no-such-campaign", *store],
+        ["benchmark", "pool", "{root}/missing.csv", "--target", "y"],
+        ["benchmark", "pool", "{root}/pool.csv", "--target", "y", "--out", "{root}"],
+        ["benchmark", "pool", "{root}/pool.csv", "--target", "y", "--out", "{root}/no/r.json"],
+        ["frobnicate"],
+        [],
+    ]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bad_command_lines())
+def test_bad_flags_and_missing_files_are_refused_with_one_line(argv):
+    with _workspace() as root:
+        argv = [a.format(root=root) for a in argv]
+        code, err = _cli(argv)
+        assert _refused_once(code, err), (argv, code, err)

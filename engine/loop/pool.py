@@ -47,8 +47,10 @@ def read_table(path: str | Path, target: str, minimize: bool = False) -> PoolTab
     """Read a CSV file whose numeric columns other than ``target`` are features.
 
     Raises :class:`TableError` for a missing file or target column, a
-    non-numeric feature or target, a missing or non-finite value, or fewer than
-    ``MIN_ROWS`` rows; the message names the offending column and row.
+    non-numeric feature or target, a missing or non-finite value, fewer than
+    ``MIN_ROWS`` rows, a target with one value in every row (nothing to find) or
+    features with one value each in every row (no row tells apart from another);
+    the message names the offending column and row.
     """
     import pandas as pd
 
@@ -88,9 +90,21 @@ def read_table(path: str | Path, target: str, minimize: bool = False) -> PoolTab
                 f"(row {row + 2} of the file, {int(missing.sum())} such row(s))"
             )
         frame[column] = values
+    X = frame[features].to_numpy(dtype=float)
+    y = frame[target].to_numpy(dtype=float)
+    if np.all(y == y[0]):
+        raise TableError(
+            f"{path}: target column {target!r} holds {y[0]:g} in every row: there is no best "
+            "row to find"
+        )
+    if np.all(X == X[0]):
+        raise TableError(
+            f"{path}: every feature column ({', '.join(repr(c) for c in features)}) holds one "
+            "value in every row: no row can be told apart from another"
+        )
     return PoolTable(
-        X=frame[features].to_numpy(dtype=float),
-        y=frame[target].to_numpy(dtype=float),
+        X=X,
+        y=y,
         features=tuple(features),
         target=target,
         maximize=not minimize,

@@ -15,21 +15,28 @@ as a task of its own; by default stages are plain calls.
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from pymatgen.core import Structure
 
-from matforge.engine.config import CampaignConfig, check_properties
+from matforge.engine.config import CampaignConfig, ConfigError, check_properties, parse_config
 from matforge.engine.loop import campaign as stages
+from matforge.engine.loop.isolate import ChildDied, run_isolated
+from matforge.engine.loop.lease import Lease
+from matforge.engine.loop.results import evaluate_to_file, read_result
 from matforge.engine.materials.structures import StructureError, check_structure
+from matforge.engine.settings import get_settings
 from matforge.engine.store.records import RoundResult
-from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation
+from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation, Owner
 from matforge.engine.validation import ResultError, validate_result
 
 EXHAUSTED = "search space exhausted"
@@ -37,12 +44,16 @@ EXHAUSTED = "search space exhausted"
 
 @dataclass(frozen=True)
 class Work:
-    """One claimed evaluation to run: the structure, and the directory it gets."""
+    """One claimed evaluation to run: the structure, the directory it gets, the run that
+    owns its claim and the seconds it may take (None: no limit)."""
 
     evaluation_id: int
     structure: Structure
     fingerprint: str
     workdir: str
+    key: str = ""
+    owner: str | None = None
+    timeout: float | None = None
 
     @property
     def label(self) -> str:
@@ -74,20 +85,41 @@ def call_stage(name: str, function: Callable, *args):
 
 
 def record_result(
-    store: CampaignStore, evaluation_id: int, objective: str, n_atoms: int, result: dict
+    store: CampaignStore, evaluation_id: int, objective: str, n_atoms: int, result: dict,
+    owner: str | None = None,
 ) -> str:
     """Validate one adapter result and store it as ``accepted`` or ``failed`` with the
-    reason; returns the status."""
+    reason; returns the evaluation's status."""
     try:
         value = validate_result(result, n_atoms, objective)
     except ResultError as error:
-        store.complete(evaluation_id, "failed", result=result, error=f"invalid result: {error}")
-        return "failed"
-    store.complete(
-        evaluation_id, "accepted", objective=value, result=result,
-        wall_time=result.get("wall_time"),
-    )
-    return "accepted"
+        store.complete(evaluation_id, "failed", result=result, error=f"invalid result: {error}",
+                       owner=owner)
+    else:
+        store.complete(evaluation_id, "accepted", objective=value, result=result,
+                       wall_time=result.get("wall_time"), owner=owner)
+    return store.status(evaluation_id)
+
+
+_in_flight = 0
+_in_flight_lock = threading.Lock()
+
+
+def in_flight() -> int:
+    """Evaluations this process has started and not yet committed to the store."""
+    return _in_flight
+
+
+@contextmanager
+def _counted():
+    global _in_flight
+    with _in_flight_lock:
+        _in_flight += 1
+    try:
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight -= 1
 
 
 def evaluate_claimed(
@@ -95,23 +127,40 @@ def evaluate_claimed(
 ) -> str:
     """Run the adapter on one claimed structure and store the outcome; returns its status.
 
-    The result is validated and committed right after the adapter returns.
-    Exceptions from the adapter propagate, so a dispatcher's retry policy can act
-    on them; a work item whose result was already committed is not run again
-    (nor is its adapter built, by ``make_evaluator``).
+    The adapter runs in a child process (:func:`~matforge.engine.loop.isolate.run_isolated`)
+    that is killed with everything it started at ``work.timeout``, and that writes the
+    result to the evaluation's directory before the store commits it. A result found
+    there (the run that paid for it died before its commit) is collected, not paid for
+    again. ``make_evaluator`` builds the adapter in the child, so it must pickle (e.g.
+    ``functools.partial(load_evaluator, name, parameters)``). Exceptions from the adapter
+    propagate, so a dispatcher's retry policy can act on them; work whose result is
+    already committed is not run again.
     """
     status = store.status(work.evaluation_id)
     if status != "running":
         return status
-    try:
-        check_structure(work.structure)
-    except StructureError as error:
-        store.complete(work.evaluation_id, "failed",
-                       error=f"candidate {work.label}: rejected input: {error}")
-        return "failed"
-    result = make_evaluator().evaluate(work.structure, Path(work.workdir))
-    return record_result(store, work.evaluation_id, objective, len(work.structure),
-                         result.model_dump())
+    with _counted():
+        result = read_result(work.workdir, work.key)
+        if result is None:
+            try:
+                check_structure(work.structure)
+            except StructureError as error:
+                store.complete(work.evaluation_id, "failed", owner=work.owner,
+                               error=f"candidate {work.label}: rejected input: {error}")
+                return store.status(work.evaluation_id)
+            run_isolated(evaluate_to_file,
+                         (make_evaluator, work.structure.as_dict(), work.workdir, work.key),
+                         work.timeout, work.label)
+            result = read_result(work.workdir, work.key)
+            if result is None:
+                raise ChildDied(f"evaluation {work.label}: the adapter returned but no result "
+                                f"was written to {work.workdir}")
+        return record_result(store, work.evaluation_id, objective, len(work.structure), result,
+                             work.owner)
+
+
+def _itself(value):
+    return value
 
 
 def describe_error(error: BaseException) -> str:
@@ -120,20 +169,22 @@ def describe_error(error: BaseException) -> str:
 
 
 class SerialDispatcher:
-    """Evaluates claimed work one item after another in this process; an evaluation
-    that raises is stored as ``failed`` with the error, and the campaign goes on."""
+    """Evaluates claimed work one item after another; an evaluation that raises is stored
+    as ``failed`` with the error, and the campaign goes on. ``evaluator`` is pickled into
+    each evaluation's child process."""
 
     def __init__(self, store: CampaignStore, evaluator: Evaluator, objective: str):
         self.store = store
-        self.evaluator = evaluator
+        self.make_evaluator = partial(_itself, evaluator)
         self.objective = objective
 
     def __call__(self, work: Sequence[Work]) -> None:
         for item in work:
             try:
-                evaluate_claimed(self.store, item, self.objective, lambda: self.evaluator)
+                evaluate_claimed(self.store, item, self.objective, self.make_evaluator)
             except Exception as error:
-                self.store.complete(item.evaluation_id, "failed", error=describe_error(error))
+                self.store.complete(item.evaluation_id, "failed", error=describe_error(error),
+                                    owner=item.owner)
 
 
 def training_set(store: CampaignStore, campaign_id: int, before_round: int,
@@ -160,6 +211,7 @@ def run_round(
     evaluator: Evaluator,
     dispatch: Dispatcher,
     run_stage: StageRunner = call_stage,
+    owner: str | None = None,
 ) -> RoundResult:
     """Run (or finish) round ``round`` of a campaign and return what it did.
 
@@ -169,6 +221,8 @@ def run_round(
     flagged result), the picks may differ: the round then claims new candidates
     only up to ``batch_size`` in all, and never past the campaign's ``budget``.
     Evaluations still running from earlier, interrupted rounds are dispatched too.
+    ``owner`` is the run holding the campaign's lease (:class:`Lease`); its claims
+    carry it, and claims another live run owns are never dispatched.
     """
     started = time.perf_counter()
     maximize = config.objective.is_maximized()
@@ -211,9 +265,11 @@ def run_round(
                 predicted_mean=_finite(selection.mean[k]),
                 predicted_std=_finite(selection.std[k]),
                 acquisition_value=_finite(selection.acquisition[k]),
+                owner=owner,
             )
             claimed.append(evaluation_id)
-    running = store.evaluations(campaign_id, statuses=("running",))
+    running = [e for e in store.evaluations(campaign_id, statuses=("running",))
+               if e.owner in (None, owner)]
     if slots and not pool and not running:
         result = RoundResult(round=round, note=EXHAUSTED,
                              seconds=time.perf_counter() - started)
@@ -221,7 +277,8 @@ def run_round(
         return result
 
     dispatch([Work(e.id, e.input_structure(), e.fingerprint,
-                   _workdir(config, e.id, e.fingerprint)) for e in running])
+                   _workdir(config, e.id, e.fingerprint), e.key or "", owner,
+                   config.evaluator.timeout) for e in running])
 
     results = store.evaluations(campaign_id, statuses=("accepted", "needs_review"))
     flagged = run_stage("flag", stages.flag, config, results, round)
@@ -247,6 +304,69 @@ def run_round(
     return result
 
 
+IDENTITY = ("objective", "objectives", "elements", "evaluator.adapter", "evaluator.parameters")
+"""What makes a campaign the campaign it is; budget, batch size, acquisition and the rest
+may change between runs (each run's settings are recorded with it)."""
+
+FIXED = ("objective", "objectives")
+"""Changes refused even with ``new_config``: the stored results rank by the objective."""
+
+
+def _field(config: dict, path: str):
+    for part in path.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def campaign_changes(stored: dict[str, Any], config: CampaignConfig) -> list[tuple[str, Any, Any]]:
+    """The fields of :data:`IDENTITY` that differ between a stored configuration and
+    ``config``, as ``(field, stored value, new value)``; secrets compare redacted."""
+    try:
+        stored = parse_config(stored).model_dump(mode="json")  # fill in defaults
+    except ConfigError:
+        pass
+    new = config.model_dump(mode="json")
+    return [(f, _field(stored, f), _field(new, f)) for f in IDENTITY
+            if _field(stored, f) != _field(new, f)]
+
+
+def check_same_campaign(store: CampaignStore, config: CampaignConfig, new_config: bool = False,
+                        source: str = "campaign") -> None:
+    """Refuse a configuration that would make campaign ``config.name`` another campaign.
+
+    A changed objective is always refused (a new name starts another campaign); a
+    changed element set or evaluator only without ``new_config``. Raises
+    :class:`ConfigError` saying what changed.
+    """
+    try:
+        stored = store.campaign_config(config.name)
+    except KeyError:
+        return
+    changes = campaign_changes(stored, config)
+    if not changes:
+        return
+    field, old, now = next((c for c in changes if c[0] in FIXED), changes[0])
+    fixed = field in FIXED
+    remedy = ("give the campaign a new name to start another" if fixed
+              else "run with --new-config to continue it with this change, or give the "
+                   "campaign a new name to start another")
+    more = f" (and {len(changes) - 1} more change(s))" if len(changes) > 1 else ""
+    if fixed or not new_config:
+        raise ConfigError(
+            f"{source}: field '{field}': campaign {config.name!r} was run with {_show(old)}, "
+            f"this file has {_show(now)}{more}; {remedy}"
+        )
+
+
+def _show(value: Any) -> str:
+    """An objective as ``property (direction)``; anything else as its repr."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict) and set(value) == {"property", "direction"}:
+        return f"{value['property']} ({value['direction']})"
+    return repr(value)
+
+
 def run_campaign(
     config: CampaignConfig,
     store: CampaignStore,
@@ -254,39 +374,62 @@ def run_campaign(
     dispatch: Dispatcher | None = None,
     run_stage: StageRunner = call_stage,
     on_round: Callable[[RoundResult], None] | None = None,
+    *,
+    new_config: bool = False,
+    wait: bool = True,
+    on_wait: Callable[[Owner], None] | None = None,
+    lease_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Run rounds until the campaign's budget is spent; returns :func:`summarize`'s summary.
 
-    Running the same campaign again continues where it stopped. The campaign's
-    objectives and constraints are checked against what ``evaluator`` reports
-    before anything is written (:class:`~matforge.engine.config.ConfigError`).
-    ``dispatch`` defaults to a :class:`SerialDispatcher`.
+    Running the same campaign again continues where it stopped. Before anything is
+    written, the campaign's objectives and constraints are checked against what
+    ``evaluator`` reports, and ``config`` against the campaign's stored
+    configuration (:func:`check_same_campaign`); both raise
+    :class:`~matforge.engine.config.ConfigError`.
+
+    The run holds the campaign's lease (:class:`Lease`, ``lease_seconds``, by default
+    ``MATFORGE_LEASE``) while it works. A second run of the same campaign waits until
+    the first ends, or until its lease expires if it died (``on_wait`` hears of the
+    holder once), then continues the campaign; with ``wait=False`` it raises
+    :class:`~matforge.engine.loop.lease.CampaignBusy` instead. ``dispatch`` defaults
+    to a :class:`SerialDispatcher`.
     """
     check_properties(config, config.evaluator.adapter, evaluator.implemented_properties)
+    check_same_campaign(store, config, new_config)
     if dispatch is None:
         dispatch = SerialDispatcher(store, evaluator, config.objective.property)
-    campaign_id = store.campaign_id(config.name, config.model_dump(mode="json"))
-    rounds = store.rounds(campaign_id)
-    round = rounds[-1].round if rounds and not rounds[-1].finished else len(rounds)
-    while True:
-        unfinished = any(r.round == round and not r.finished for r in store.rounds(campaign_id))
-        spent = store.count(campaign_id, statuses=STATUSES) >= config.budget
-        if spent and not unfinished and not store.count(campaign_id, statuses=("running",)):
-            break
-        result = run_round(config, store, campaign_id, round, evaluator, dispatch, run_stage)
-        if on_round is not None:
-            on_round(result)
-        if result.note == EXHAUSTED:
-            break
-        round += 1
+    settings = config.model_dump(mode="json")
+    campaign_id = store.campaign_id(config.name, settings)
+    lease = Lease(store, campaign_id, lease_seconds or get_settings().lease, settings)
+    lease.acquire(wait, on_wait, config.name)
+    with lease:
+        rounds = store.rounds(campaign_id)
+        round = rounds[-1].round if rounds and not rounds[-1].finished else len(rounds)
+        while True:
+            lease.check()
+            unfinished = any(r.round == round and not r.finished
+                             for r in store.rounds(campaign_id))
+            spent = store.count(campaign_id, statuses=STATUSES) >= config.budget
+            if spent and not unfinished and not store.count(campaign_id, statuses=("running",)):
+                break
+            result = run_round(config, store, campaign_id, round, evaluator, dispatch,
+                               run_stage, lease.id)
+            if on_round is not None:
+                on_round(result)
+            if result.note == EXHAUSTED:
+                break
+            round += 1
     return summarize(store, campaign_id, config.objective.is_maximized())
 
 
 def summarize(
     store: CampaignStore, campaign_id: int, maximize: bool, top: int = 5
 ) -> dict[str, Any]:
-    """Counts by status, the best accepted results, flagged and failed evaluations."""
+    """Counts by status, the best accepted results, flagged, failed and running evaluations
+    (with the run that owns each and whether it is alive)."""
     evaluations = store.evaluations(campaign_id)
+    owners = {o.id: o for o in store.owners(campaign_id)}
     counts: dict[str, int] = {}
     for e in evaluations:
         counts[e.status] = counts.get(e.status, 0) + 1
@@ -309,5 +452,12 @@ def summarize(
             {"evaluation": e.id, "formula": e.formula, "error": e.error}
             for e in evaluations
             if e.status == "failed"
+        ],
+        "running": [
+            {"evaluation": e.id, "formula": e.formula, "round": e.round,
+             "owner": owners[e.owner].describe() if e.owner in owners else "no owner",
+             "alive": e.owner in owners and owners[e.owner].alive()}
+            for e in evaluations
+            if e.status == "running"
         ],
     }

@@ -31,10 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from pymatgen.core import Structure
@@ -53,16 +55,17 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from matforge.engine.store.records import RoundRecord, RoundResult
 
 STATUSES = ("running", "accepted", "needs_review", "rejected", "failed")
 FINISHED = ("accepted", "needs_review", "rejected", "failed")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the tables below; bump it and append to :data:`MIGRATIONS` on every change."""
 
 REDACTED = "***"
@@ -72,6 +75,77 @@ SECRET_NAME = re.compile(r"token|passw|secret|key|credential|auth", re.IGNORECAS
 
 class SchemaError(RuntimeError):
     """A database this matforge cannot open; the message says why."""
+
+
+class StoreError(ValueError):
+    """A store URL that cannot be opened: one line ``store <redacted url>: <reason>``."""
+
+
+STORE_PASSWORD_VARIABLE = "MATFORGE_STORE_PASSWORD"
+"""Where a flow finds the store's password when its URL arrived redacted (from the Prefect API)."""
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown or stored: password and secret-looking query values as ``***``."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, TypeError, ValueError):
+        text = str(url)
+        if "@" in text:
+            # unparseable, yet it may hold credentials: keep only what follows the last '@'
+            scheme, sep, rest = text.partition("://")
+            host = (rest if sep else text).rpartition("@")[2]
+            text = f"{scheme}://{REDACTED}@{host}" if sep else f"{REDACTED}@{host}"
+        return _one_line(text)
+    secret = [k for k in parsed.query if SECRET_NAME.search(k)]
+    if parsed.password is None and not secret:
+        return _one_line(str(url))  # nothing to hide: shown as written
+    query = {k: REDACTED if k in secret else v for k, v in parsed.query.items()}
+    return _one_line(parsed.set(query=query).render_as_string(hide_password=True))
+
+
+def runtime_url(url: str) -> str:
+    """The URL to connect with, given one that may have been stored or sent redacted.
+
+    A password shown as ``***`` (a flow run whose parameters came back from the
+    Prefect API) is replaced by the environment variable ``MATFORGE_STORE_PASSWORD``,
+    or dropped when that is unset so that libpq's ``PGPASSWORD`` and ``~/.pgpass``
+    apply. Any other URL is returned unchanged.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, TypeError, ValueError):
+        return url
+    redacted_query = [k for k, v in parsed.query.items() if v == REDACTED]
+    if parsed.password != REDACTED and not redacted_query:
+        return url
+    if parsed.password == REDACTED:
+        # URL.set treats None as "unchanged": build the URL anew to drop the password
+        parsed = URL.create(
+            parsed.drivername, parsed.username, os.environ.get(STORE_PASSWORD_VARIABLE) or None,
+            parsed.host, parsed.port, parsed.database, parsed.query,
+        )
+    if redacted_query:
+        parsed = parsed.difference_update_query(redacted_query)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _driver_reason(error: BaseException, url: str) -> str:
+    """The first line of a driver's error, with the URL's password (if any) hidden."""
+    orig = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    reason = " ".join(lines[0].split()) if lines else type(orig).__name__
+    try:
+        password = make_url(url).password
+    except (ArgumentError, TypeError, ValueError):
+        password = None
+    if password and password != REDACTED:
+        reason = reason.replace(str(password), REDACTED)
+    return _one_line(reason)
 
 
 def redact(value: Any) -> Any:
@@ -122,6 +196,35 @@ class Claim(NamedTuple):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every time stored here is UTC
+    return t if t is None or t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """One run of a campaign, as the ``owners`` table records it."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    ended: str | None
+    config: dict
+
+    def alive(self, now: datetime | None = None) -> bool:
+        """Whether this run still holds its lease: not ended, and heartbeating in time."""
+        return self.ended_at is None and self.expires_at > (now or utcnow())
+
+    def describe(self, now: datetime | None = None) -> str:
+        """``owner 1a2b3c4d (pid 123 on host, heartbeat 2 s ago)``."""
+        ago = ((now or utcnow()) - self.heartbeat_at).total_seconds()
+        return f"owner {self.id[:8]} (pid {self.pid} on {self.host}, heartbeat {ago:.0f} s ago)"
 
 
 class Base(DeclarativeBase):
@@ -178,6 +281,23 @@ class EvaluationRow(Base):
     claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     wall_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class OwnerRow(Base):
+    """One run of a campaign: who holds (or held) the campaign's lease, and with what settings."""
+
+    __tablename__ = "owners"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
 class RoundRow(Base):
@@ -213,6 +333,7 @@ class Evaluation:
     result: dict | None
     error: str | None
     key: str | None = None
+    owner: str | None = None
 
     def input_structure(self) -> Structure:
         return Structure.from_dict(self.structure)
@@ -234,14 +355,74 @@ def _sqlite_begin(connection):
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
-    """A SQLAlchemy engine for ``url``; SQLite files run in WAL mode with immediate transactions."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+def _check_sqlite_file(database: str | None, create: bool, shown: str) -> None:
+    """Refuse a SQLite path that is a directory, or whose directory is missing or read-only."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database).expanduser().absolute()
+    if path.is_dir():
+        raise StoreError(f"store {shown}: {path} is a directory, not a database file")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"store {shown}: {path} is not readable and writable")
+        return
+    if not create:
+        raise StoreError(f"store {shown}: no store at {path}")
+    parent = path.parent
+    if not parent.exists():
+        raise StoreError(f"store {shown}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise StoreError(f"store {shown}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"store {shown}: cannot create a database in {parent} (not writable)")
+
+
+def make_engine(url: str, create: bool = True) -> Engine:
+    """A SQLAlchemy engine for ``url``; SQLite files run in WAL mode with immediate transactions.
+
+    Raises :class:`StoreError` for a URL that cannot be parsed, a driver that is
+    not installed or is asynchronous, and a SQLite path that cannot hold a
+    database (or, with ``create=False``, does not exist). Nothing is created.
+    """
+    shown = redact_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, TypeError, ValueError):
+        raise StoreError(
+            f"store {shown}: not a database URL (e.g. sqlite:///campaigns.db or "
+            "postgresql+psycopg2://user@host/db)"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    sqlite = backend == "sqlite"
+    if sqlite:
+        _check_sqlite_file(parsed.database, create, shown)
+        options: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    else:
+        options = {"pool_pre_ping": True}
+        libpq = backend in ("postgresql", "postgres") and driver in ("", "psycopg2", "psycopg")
+        if libpq and "connect_timeout" not in parsed.query:
+            # a host that drops packets fails in seconds, not after the OS's minutes
+            options["connect_args"] = {"connect_timeout": 5}
+    try:
+        engine = create_engine(parsed, **options)
+    except NoSuchModuleError:
+        raise StoreError(f"store {shown}: unknown database driver {parsed.drivername!r}") from None
+    except ImportError as error:
+        raise StoreError(
+            f"store {shown}: the driver for {parsed.drivername!r} is not installed "
+            f"(no module {error.name or str(error)!r})"
+        ) from None
+    except (ArgumentError, TypeError, ValueError) as error:
+        raise StoreError(f"store {shown}: {_driver_reason(error, url)}") from None
+    if engine.dialect.is_async:
+        engine.dispose()
+        raise StoreError(
+            f"store {shown}: {parsed.drivername!r} is an asyncio driver; the store needs a "
+            "synchronous one (e.g. postgresql+psycopg2)"
+        )
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
     return engine
 
 
@@ -250,12 +431,13 @@ def _migrate_1_to_2(conn: Connection) -> None:
 
     Rows are read, the table is rebuilt with the ``key`` column and its unique
     constraint, and every row is written back with its key and redacted parameters.
-    Version 2 only added ``key``, so the current columns minus ``key`` are version 1's.
+    Version 2 added ``key`` and version 3 ``owner``: the other columns are version 1's.
     """
     evaluations = EvaluationRow.__table__
     candidates = CandidateRow.__table__
     campaigns = CampaignRow.__table__
-    v1_columns = [c for c in evaluations.columns if c.name != "key"]
+    # later versions' columns are not in a version-1 table (the rebuilt table has them)
+    v1_columns = [c for c in evaluations.columns if c.name not in ("key", "owner")]
     old = conn.execute(
         select(
             *v1_columns,
@@ -292,7 +474,15 @@ def _migrate_1_to_2(conn: Connection) -> None:
         conn.execute(campaigns.update().where(campaigns.c.id == cid).values(config=redact(config)))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Version 3 gives each claim an owner (the run holding the campaign's lease); the
+    ``owners`` table is new and made by ``create_all``. Claims made before have none."""
+    columns = {c["name"] for c in inspect(conn).get_columns("evaluations")}
+    if "owner" not in columns:
+        conn.execute(text("ALTER TABLE evaluations ADD COLUMN owner VARCHAR(32)"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 """``MIGRATIONS[v]`` turns a version-``v`` database into version ``v + 1``."""
 
 
@@ -328,6 +518,14 @@ def prepare_schema(engine: Engine) -> int | None:
         return found
 
 
+def _owner(row: OwnerRow) -> Owner:
+    return Owner(
+        id=row.id, host=row.host, pid=row.pid, started_at=_aware(row.started_at),
+        heartbeat_at=_aware(row.heartbeat_at), expires_at=_aware(row.expires_at),
+        ended_at=_aware(row.ended_at), ended=row.ended, config=dict(row.config or {}),
+    )
+
+
 class CampaignStore:
     """All campaigns in one database.
 
@@ -335,13 +533,29 @@ class CampaignStore:
     ----------
     url : SQLAlchemy URL, e.g. ``sqlite:///campaigns.db`` or
         ``postgresql+psycopg2://user@host/db``
+    create : whether a missing SQLite file or empty database becomes a new store;
+        False raises :class:`StoreError` instead, creating nothing
+
+    A store that cannot be opened raises :class:`StoreError` naming the URL,
+    its password hidden (:func:`redact_url`), and the reason.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = True):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, create=create)
+        shown = redact_url(url)
         try:
+            if not create:
+                with self.engine.connect() as conn:
+                    if _stored_version(conn) is None:
+                        raise StoreError(f"store {shown}: no matforge store in this database")
             prepare_schema(self.engine)
+        except DBAPIError as error:
+            self.engine.dispose()
+            raise StoreError(f"store {shown}: {_driver_reason(error, url)}") from None
+        except SchemaError as error:
+            self.engine.dispose()
+            raise SchemaError(f"store {shown}: {error}") from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -372,7 +586,7 @@ class CampaignStore:
             row = s.scalar(select(CampaignRow).where(CampaignRow.name == name))
             if row is None:
                 if config is None:
-                    raise KeyError(f"no campaign named {name!r} in {self.url}")
+                    raise KeyError(f"no campaign named {name!r} in {redact_url(self.url)}")
                 row = CampaignRow(name=name, config=config)
                 s.add(row)
                 s.flush()
@@ -388,8 +602,82 @@ class CampaignStore:
         with self._session() as s:
             row = s.scalar(select(CampaignRow).where(CampaignRow.name == name))
             if row is None:
-                raise KeyError(f"no campaign named {name!r} in {self.url}")
+                raise KeyError(f"no campaign named {name!r} in {redact_url(self.url)}")
             return dict(row.config)
+
+    # runs and their leases -------------------------------------------------
+
+    def acquire(
+        self, campaign_id: int, owner: str, host: str, pid: int, seconds: float,
+        config: dict[str, Any] | None = None,
+    ) -> Owner | None:
+        """Make run ``owner`` the campaign's one live run, unless another live run holds it.
+
+        Returns None when ``owner`` now holds the campaign's lease (for ``seconds``), or
+        the live run that holds it. Runs whose leases have expired are ended, and the
+        claims still running pass to ``owner``: a dead run's work is taken over only
+        after its lease expires, and a live run's work never. Concurrent callers are
+        serialized by a lock on the campaign's row.
+        """
+        now = utcnow()
+        with self._session.begin() as s:
+            s.scalar(select(CampaignRow.id).where(CampaignRow.id == campaign_id).with_for_update())
+            holders = s.scalars(
+                select(OwnerRow).where(
+                    OwnerRow.campaign_id == campaign_id, OwnerRow.ended_at.is_(None),
+                    OwnerRow.id != owner,
+                )
+            ).all()
+            live = [r for r in holders if _aware(r.expires_at) > now]
+            if live:
+                return _owner(live[0])
+            for row in holders:
+                row.ended_at = now
+                row.ended = f"lease expired; taken over by {owner[:8]}"
+            expires = now + timedelta(seconds=seconds)
+            mine = s.get(OwnerRow, owner)
+            if mine is None:
+                s.add(OwnerRow(id=owner, campaign_id=campaign_id, host=host[:255], pid=pid,
+                               started_at=now, heartbeat_at=now, expires_at=expires,
+                               config=redact(config or {})))
+            else:
+                mine.heartbeat_at, mine.expires_at = now, expires
+            s.execute(
+                update(EvaluationRow)
+                .where(EvaluationRow.campaign_id == campaign_id,
+                       EvaluationRow.status == "running")
+                .values(owner=owner)
+            )
+        return None
+
+    def renew(self, owner: str, seconds: float) -> bool:
+        """Extend run ``owner``'s lease by ``seconds`` from now; False if it has lost it."""
+        now = utcnow()
+        with self._session.begin() as s:
+            done = s.execute(
+                update(OwnerRow)
+                .where(OwnerRow.id == owner, OwnerRow.ended_at.is_(None))
+                .values(heartbeat_at=now, expires_at=now + timedelta(seconds=seconds))
+            )
+            return done.rowcount == 1
+
+    def release(self, owner: str, how: str = "finished") -> None:
+        """End run ``owner``: its lease is free for the next run at once."""
+        with self._session.begin() as s:
+            s.execute(
+                update(OwnerRow)
+                .where(OwnerRow.id == owner, OwnerRow.ended_at.is_(None))
+                .values(ended_at=utcnow(), ended=how[:200])
+            )
+
+    def owners(self, campaign_id: int) -> list[Owner]:
+        """The campaign's runs, oldest first."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(OwnerRow).where(OwnerRow.campaign_id == campaign_id)
+                .order_by(OwnerRow.started_at)
+            )
+            return [_owner(r) for r in rows]
 
     # candidates and evaluations ------------------------------------------
 
@@ -415,6 +703,7 @@ class CampaignStore:
         predicted_mean: float | None = None,
         predicted_std: float | None = None,
         acquisition_value: float | None = None,
+        owner: str | None = None,
     ) -> Claim:
         """Record a candidate and claim its evaluation before dispatch.
 
@@ -428,7 +717,7 @@ class CampaignStore:
                 return self._claim(
                     campaign_id, round, structure, fingerprint, generator, adapter,
                     adapter_parameters, parent, model_version, predicted_mean,
-                    predicted_std, acquisition_value,
+                    predicted_std, acquisition_value, owner,
                 )
             except IntegrityError:
                 # another process inserted the same candidate or key first: read theirs
@@ -438,12 +727,12 @@ class CampaignStore:
 
     def _claim(
         self, campaign_id, round, structure, fingerprint, generator, adapter, adapter_parameters,
-        parent, model_version, predicted_mean, predicted_std, acquisition_value,
+        parent, model_version, predicted_mean, predicted_std, acquisition_value, owner,
     ) -> Claim:
         with self._session.begin() as s:
             campaign = s.get(CampaignRow, campaign_id)
             if campaign is None:
-                raise KeyError(f"no campaign with id {campaign_id} in {self.url}")
+                raise KeyError(f"no campaign with id {campaign_id} in {redact_url(self.url)}")
             key = evaluation_key(campaign.name, fingerprint, adapter, adapter_parameters)
             taken = s.scalar(
                 select(EvaluationRow).where(
@@ -482,6 +771,7 @@ class CampaignStore:
                 predicted_mean=predicted_mean,
                 predicted_std=predicted_std,
                 acquisition_value=acquisition_value,
+                owner=owner,
             )
             s.add(row)
             s.flush()
@@ -495,11 +785,13 @@ class CampaignStore:
         result: dict | None = None,
         error: str | None = None,
         wall_time: float | None = None,
+        owner: str | None = None,
     ) -> bool:
         """Store the outcome of a claimed evaluation; NaN and infinities in ``result`` become text.
 
         Returns False, and changes nothing, when the evaluation has already
-        finished: the first stored outcome is never overwritten.
+        finished (the first stored outcome is never overwritten), or when ``owner``
+        is given and another run has taken the claim over.
         """
         if status not in FINISHED:
             raise ValueError(f"status {status!r} is not one of {FINISHED}")
@@ -507,7 +799,7 @@ class CampaignStore:
             row = s.get(EvaluationRow, evaluation_id)
             if row is None:
                 raise KeyError(f"no evaluation {evaluation_id}")
-            if row.status != "running":
+            if row.status != "running" or owner is not None and row.owner not in (None, owner):
                 return False
             row.status = status
             row.objective = objective
@@ -574,6 +866,7 @@ class CampaignStore:
                     result=e.result,
                     error=e.error,
                     key=e.key,
+                    owner=e.owner,
                 )
                 for e, c in s.execute(q)
             ]

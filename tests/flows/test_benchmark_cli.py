@@ -54,6 +54,10 @@ def test_other_strategies_by_name(table, tmp_path):
         ("a,loss\n1,2\n2,nan\n3,4\n", ["--target", "loss"], "column 'loss' has a missing"),
         (None, ["--target", "loss", "--budget", "0"], "--budget must be >= 1"),
         (None, ["--target", "loss", "--strategy", "magic"], "--strategy 'magic'"),
+        ("a,b,loss\n1,2,3\n1,2,3\n1,2,3\n1,2,3\n", ["--target", "loss"], "holds 3 in every row"),
+        ("a,b,loss\n1,2,3\n1,2,4\n1,2,5\n1,2,6\n", ["--target", "loss"],
+         "every feature column ('a', 'b') holds one value in every row"),
+        ("a,b,loss\n1,2,3\n2,2,3\n3,2,3\n4,2,3\n", ["--target", "loss"], "holds 3 in every row"),
     ],
 )
 def test_bad_input_gives_one_clear_error_and_exit_2(table, tmp_path, capsys, content, args, needle):
@@ -66,3 +70,20 @@ def test_bad_input_gives_one_clear_error_and_exit_2(table, tmp_path, capsys, con
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "needle"),
+    [
+        ("{tmp}", "is a directory"),
+        ("{tmp}/missing/r.json", "directory {tmp}/missing does not exist"),
+        ("{tmp}/pool.csv/r.json", "{tmp}/pool.csv is not a directory"),
+    ],
+)
+def test_an_unusable_out_is_refused_before_the_replay(table, tmp_path, capsys, out, needle):
+    out = out.format(tmp=tmp_path)
+    code = main(["benchmark", "pool", str(table), "--target", "loss", "--budget", "5",
+                 "--out", out])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""  # no repeat ran
+    assert needle.format(tmp=tmp_path) in captured.err and captured.err.count("\n") == 1

@@ -124,6 +124,31 @@ def test_a_property_the_adapter_does_not_report_exits_2_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
+@pytest.mark.parametrize("change, field, remedy", [
+    ({"objective": {"property": "energy_per_atom"}}, "objective", "give the campaign a new name"),
+    ({"elements": ["Cu", "Pt"]}, "elements", "run with --new-config"),
+    ({"evaluator": {"adapter": "emt", "parameters": {"fmax": 0.3}}}, "evaluator.parameters",
+     "run with --new-config"),
+])
+def test_another_campaign_under_an_existing_name_exits_2_and_changes_nothing(
+    tmp_path, capsys, change, field, remedy
+):
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump(CAMPAIGN))
+    config = load_config(first)
+    store = CampaignStore(config.store)
+    store.campaign_id(config.name, config.model_dump(mode="json"))
+    before = store.campaign_config(config.name)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**CAMPAIGN, **change}))
+    assert main(["run", str(changed)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"field '{field}': campaign 'flow-test'" in err
+    assert remedy in err
+    assert store.campaign_config(config.name) == before and store.owners(1) == []
+    store.close()
+
+
 def test_cli_exit_code_from_a_shell(tmp_path):
     import subprocess
     import sys

@@ -48,6 +48,18 @@ def test_review_holds_results_out_until_a_person_decides(prefect_server, tmp_pat
     listed = capsys.readouterr().out
     assert f"#{ids[0]} " in listed and f"#{ids[1]} " in listed and f"#{ids[2]} " not in listed
 
+    # contradictory or partly wrong decisions are refused whole: nothing changes
+    refused = [
+        ["--accept", str(ids[0]), "--reject", str(ids[0])],
+        ["--accept", str(ids[0]), "--reject", str(ids[2])],
+        ["--note", "no decision"],
+    ]
+    for flags in refused:
+        assert main(["review", str(path), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("matforge: error: ") and err.count("\n") == 1
+    assert [e.status for e in store.evaluations(cid)][:2] == ["needs_review"] * 2
+
     assert main(["review", str(path), "--accept", str(ids[0]), "--reject", str(ids[1]),
                  "--note", "checked by hand"]) == 0
     statuses = {e.id: e.status for e in store.evaluations(cid)}

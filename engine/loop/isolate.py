@@ -1,0 +1,139 @@
+"""Run one evaluation in a child process that can be stopped at its deadline.
+
+A thread cannot be interrupted while it blocks in ``time.sleep`` or waits on a
+DFT code's process, so every evaluation runs in a child process of its own,
+forked from a ``forkserver`` that has imported matforge once (a fork costs
+milliseconds, not an interpreter start). The child leads a process group of its
+own; at the deadline the whole group is killed (SIGTERM, then SIGKILL), the
+codes it started included. The child also dies with its parent: if the
+campaign's process is killed, its evaluations stop instead of running on
+unseen while a resumed run starts them again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+PRELOAD = ["matforge.engine.loop.isolate", "matforge.engine.loop.results", "matforge.adapters",
+           "numpy", "scipy.linalg", "sklearn", "torch"]
+"""Modules the fork server imports once, so each evaluation's fork starts warm."""
+
+KILL_GRACE = 5.0
+"""Seconds between SIGTERM and SIGKILL for an evaluation past its deadline."""
+
+_context = None
+_context_lock = threading.Lock()
+
+
+class EvaluationTimeout(TimeoutError):
+    """An evaluation that passed its deadline; its processes were killed."""
+
+
+class ChildDied(RuntimeError):
+    """The evaluation's process ended without reporting a result or an error."""
+
+
+def _get_context():
+    global _context
+    with _context_lock:
+        if _context is None:
+            _context = multiprocessing.get_context("forkserver")
+            _context.set_forkserver_preload(PRELOAD)
+        return _context
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this process when its parent (the fork server) ends."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the request took hold
+        os._exit(1)
+
+
+def _on_term(_signum, _frame) -> None:
+    # take the codes this evaluation started down with it
+    os.killpg(0, signal.SIGKILL)
+
+
+def _child(connection, function: Callable, args: tuple) -> None:
+    os.setsid()
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
+    _die_with_parent()
+    try:
+        from matforge.engine.settings import limit_threads
+
+        limit_threads()
+        outcome = ("ok", function(*args))
+    except BaseException as error:  # reported to the parent, which raises it
+        outcome = ("error", error)
+    try:
+        connection.send(outcome)
+    except Exception:  # the result or the error does not pickle
+        kind = "error"
+        text = "".join(traceback.format_exception_only(type(outcome[1]), outcome[1])).strip()
+        connection.send((kind, RuntimeError(f"unpicklable outcome: {text}")))
+    connection.close()
+
+
+def _kill_group(process) -> None:
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            process.kill()  # not yet in a group of its own
+        except PermissionError:
+            pass
+        process.join(grace)
+        if process.exitcode is not None:
+            return
+
+
+def run_isolated(function: Callable, args: tuple, timeout: float | None, label: str = "") -> Any:
+    """``function(*args)`` in a child process; its exception is raised here.
+
+    Raises :class:`EvaluationTimeout` after ``timeout`` seconds (None: no limit),
+    once the child's process group is killed, and :class:`ChildDied` if the child
+    ends without an outcome (killed by the system, a crash in native code).
+    ``function`` and ``args`` must pickle.
+    """
+    context = _get_context()
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, function, args),
+                              name=f"evaluate-{label}", daemon=False)
+    process.start()
+    send.close()
+    try:
+        if not receive.poll(timeout):
+            _kill_group(process)
+            raise EvaluationTimeout(
+                f"evaluation {label} timed out after {timeout:g} s; its processes were killed"
+            )
+        try:
+            kind, value = receive.recv()
+        except (EOFError, OSError, pickle.UnpicklingError) as error:
+            process.join(10)
+            raise ChildDied(
+                f"evaluation {label}: its process ended without a result "
+                f"(exit code {process.exitcode}; {type(error).__name__})"
+            ) from None
+        process.join(30)
+        if kind == "error":
+            raise value
+        return value
+    finally:
+        receive.close()
+        if process.exitcode is None:
+            _kill_group(process)

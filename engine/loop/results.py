@@ -1,0 +1,71 @@
+"""An adapter's result, written to its evaluation's directory before the store hears of it.
+
+The child process that runs the adapter writes ``matforge-result.json``
+(atomically: a temporary file, fsynced, renamed) before it returns, and the
+result is committed to the store after. A run killed between the two leaves
+the file behind; the resumed run collects it instead of paying for the
+evaluation again. The file names the evaluation's idempotency key, so a stale
+directory from another campaign is never mistaken for this one's result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pymatgen.core import Structure
+
+RESULT_FILE = "matforge-result.json"
+
+
+def write_result(workdir: str | Path, key: str, result: dict[str, Any]) -> Path:
+    """Write ``result`` for evaluation ``key`` into ``workdir`` so that it is either whole
+    on disk or absent, whatever moment the process dies."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / RESULT_FILE
+    partial = workdir / f".{RESULT_FILE}.{os.getpid()}"
+    with open(partial, "w") as handle:
+        json.dump({"key": key, "result": result}, handle)  # NaN stays NaN, so it fails later
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    directory = os.open(workdir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def read_result(workdir: str | Path, key: str) -> dict[str, Any] | None:
+    """The result written for evaluation ``key`` in ``workdir``, or None if there is none."""
+    path = Path(workdir) / RESULT_FILE
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    result = stored.get("result")
+    return result if isinstance(result, dict) else None
+
+
+def evaluate_to_file(make_evaluator: Callable[[], Any], structure: dict[str, Any],
+                     workdir: str, key: str) -> None:
+    """Build the adapter, evaluate ``structure`` and write the result (runs in the child).
+
+    Once the adapter has returned, the result has been paid for: SIGTERM (a deadline,
+    or the campaign's process dying) waits until it is on disk.
+    """
+    evaluator = make_evaluator()
+    result = evaluator.evaluate(Structure.from_dict(structure), Path(workdir))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        write_result(workdir, key, result.model_dump())
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

@@ -1,0 +1,132 @@
+"""Evaluations run in a child process: a timeout stops blocking work, results reach the disk
+before the store, and a result found on disk is collected instead of paid for again."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from matforge.adapters.base import EvaluationResult, Evaluator
+from matforge.engine.loop.isolate import ChildDied, run_isolated
+from matforge.engine.loop.results import RESULT_FILE, read_result, write_result
+from matforge.engine.loop.round import SerialDispatcher, Work, evaluate_claimed
+from matforge.engine.materials.structures import fingerprint
+from matforge.engine.store.sql import CampaignStore
+
+CU = Structure(Lattice.cubic(3.6), ["Cu"] * 4,
+               [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+class Blocking(Evaluator):
+    """Blocks like a hung code: in ``time.sleep`` or waiting on a ``sleep`` process."""
+
+    implemented_properties = ("energy", "energy_per_atom")
+
+    def __init__(self, how: str, seconds: float, marker: str):
+        self.how, self.seconds, self.marker = how, seconds, marker
+
+    def evaluate(self, structure, workdir):
+        if self.how == "python":
+            time.sleep(self.seconds)
+        else:
+            subprocess.run(["sleep", str(self.seconds)], check=True)
+        Path(self.marker).write_text("ran to the end")
+        return EvaluationResult(energy=-4.0, energy_per_atom=-1.0)
+
+
+class Counting(Evaluator):
+    """Appends a line to ``ledger`` per call (a paid call)."""
+
+    implemented_properties = ("energy", "energy_per_atom")
+
+    def __init__(self, ledger: str):
+        self.ledger = ledger
+
+    def evaluate(self, structure, workdir):
+        with open(self.ledger, "a") as handle:
+            handle.write("paid\n")
+        return EvaluationResult(energy=-4.0, energy_per_atom=-1.0)
+
+
+def _sleeps(seconds: float) -> int:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return sum(line.strip() == f"sleep {seconds}" for line in out.splitlines())
+
+
+@pytest.fixture
+def claimed(tmp_path):
+    store = CampaignStore(f"sqlite:///{tmp_path / 'store.db'}")
+    cid = store.campaign_id("c", {})
+    claim = store.claim(cid, 0, CU, fingerprint(CU), "test", "x", {})
+    (e,) = store.evaluations(cid)
+    yield store, cid, claim.id, e.key
+    store.close()
+
+
+@pytest.mark.parametrize("how", ["python", "process"])
+def test_a_timeout_kills_a_blocked_evaluation_at_its_deadline(claimed, tmp_path, how):
+    store, cid, eid, key = claimed
+    marker = tmp_path / "marker"
+    evaluator = Blocking(how, 20.0, str(marker))
+    work = Work(eid, CU, fingerprint(CU), str(tmp_path / "run"), key, None, timeout=2.0)
+    start = time.monotonic()
+    SerialDispatcher(store, evaluator, "energy_per_atom")([work])
+    took = time.monotonic() - start
+    (e,) = store.evaluations(cid)
+    assert e.status == "failed"
+    assert "EvaluationTimeout" in e.error and "timed out after 2 s" in e.error
+    assert took < 10, f"the timed-out evaluation held its slot for {took:.1f} s"
+    time.sleep(0.5)
+    assert _sleeps(20.0) == 0, "the code the evaluation started is still running"
+    assert not marker.exists()
+
+
+def test_a_timeout_is_a_timeout_error_so_retry_on_timeouterror_applies():
+    with pytest.raises(TimeoutError, match="timed out after 1 s"):
+        run_isolated(time.sleep, (30,), 1.0, "sleeper")
+
+
+def test_an_adapter_exception_is_raised_with_its_own_class(claimed, tmp_path):
+    with pytest.raises(ConnectionError, match="reset"):
+        run_isolated(_raise, (ConnectionError("reset"),), 10.0)
+
+
+def _raise(error):
+    raise error
+
+
+def test_a_child_that_dies_without_an_outcome_is_reported():
+    import os
+
+    with pytest.raises(ChildDied, match="exit code 3"):
+        run_isolated(os._exit, (3,), 10.0, "dies")
+
+
+def test_a_result_on_disk_is_collected_not_paid_for_again(claimed, tmp_path):
+    store, cid, eid, key = claimed
+    ledger = tmp_path / "ledger"
+    workdir = tmp_path / "run"
+    work = Work(eid, CU, fingerprint(CU), str(workdir), key)
+    # the run that paid for it died after the result reached the disk, before the commit
+    write_result(workdir, key, EvaluationResult(energy=-8.0, energy_per_atom=-2.0).model_dump())
+    status = evaluate_claimed(store, work, "energy_per_atom", lambda: Counting(str(ledger)))
+    assert status == "accepted"
+    assert not ledger.exists()
+    (e,) = store.evaluations(cid)
+    assert e.objective == -2.0
+
+
+def test_a_result_file_of_another_evaluation_is_not_taken(claimed, tmp_path):
+    store, cid, eid, key = claimed
+    ledger = tmp_path / "ledger"
+    workdir = tmp_path / "run"
+    write_result(workdir, "another-key", {"energy": -8.0, "energy_per_atom": -2.0})
+    dispatch = SerialDispatcher(store, Counting(str(ledger)), "energy_per_atom")
+    dispatch([Work(eid, CU, fingerprint(CU), str(workdir), key)])
+    assert ledger.read_text() == "paid\n"
+    assert read_result(workdir, key)["energy_per_atom"] == -1.0
+    assert (workdir / RESULT_FILE).exists()
