@@ -6,6 +6,11 @@ before it is dispatched and completed when it returns, so a campaign that
 stops for any reason continues where it stopped and never evaluates a
 candidate twice.
 
+Runs and owners: the ``owners`` table records each run of a campaign (host,
+pid, heartbeat, lease expiry, its settings) and at most one is live at a time
+(:meth:`CampaignStore.acquire`); every claim names the run that owns it, and an
+outcome is stored only by its owner (:meth:`CampaignStore.complete`).
+
 Evaluation statuses: ``running`` (claimed, not finished), ``accepted`` (training
 data), ``needs_review`` (flagged as anomalous; out of training until a person
 decides), ``rejected`` (a person said no), ``failed`` (no usable result).
@@ -33,6 +38,7 @@ import json
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -373,8 +379,11 @@ def _check_sqlite_file(database: str | None, create: bool, shown: str) -> None:
         raise StoreError(f"store {shown}: directory {parent} does not exist")
     if not parent.is_dir():
         raise StoreError(f"store {shown}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreError(f"store {shown}: cannot create a database in {parent} (not writable)")
+    try:  # a real write: permissions, read-only file systems and /proc (even for root)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as error:
+        raise StoreError(f"store {shown}: cannot create a database in {parent} "
+                         f"(not writable: {error.strerror})") from None
 
 
 def make_engine(url: str, create: bool = True) -> Engine:

@@ -77,6 +77,12 @@ def test_a_file_that_is_not_a_database_is_named(tmp_path):
     assert path.read_text() == "name: x\n"
 
 
+def test_a_directory_nobody_can_write_is_named():
+    # /proc refuses new files even to root, so this runs wherever the tests run
+    with pytest.raises(StoreError, match="cannot create a database in /proc .not writable"):
+        CampaignStore("sqlite:////proc/c.db")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_an_unwritable_directory_is_named(tmp_path):
     locked = tmp_path / "locked"
