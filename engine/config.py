@@ -237,7 +237,10 @@ class EvaluatorSettings(_Section):
 
     adapter: str = "emt"
     parameters: dict[str, Any] = Field(default_factory=dict)
-    timeout: float | None = Field(None, gt=0, description="seconds before one attempt is abandoned")
+    timeout: float | None = Field(
+        None, gt=0,
+        description="seconds one attempt may take; then its processes are killed (TimeoutError)",
+    )
     retries: int = Field(0, ge=0, le=100, description="extra attempts after a retryable error")
     retry_backoff: float = Field(
         1.0,
