@@ -36,13 +36,14 @@ class ASECalculatorEvaluator(Evaluator):
     relax_cell : also relax the cell shape and volume
     """
 
-    implemented_properties: ClassVar[tuple[str, ...]] = (
-        "energy",
-        "energy_per_atom",
-        "formation_energy_per_atom",
-        "volume_per_atom",
-        "density",
-    )
+    implemented_properties: ClassVar[dict[str, str]] = {
+        "energy": "eV",
+        "energy_per_atom": "eV/atom",
+        "formation_energy_per_atom": "eV/atom",
+        "volume_per_atom": "Å^3/atom",
+        "density": "g/cm^3",
+    }
+    conformance_unconverged: ClassVar[dict] = {"max_steps": 1}
     _references: ClassVar[dict[tuple, float]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 

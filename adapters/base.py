@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import abc
 import inspect
+import json
+import os
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymatgen.core import Structure
 
 
@@ -18,13 +21,15 @@ class EvaluationError(RuntimeError):
 class EvaluationResult(BaseModel):
     """What an evaluator returns; round-trips through JSON.
 
-    ``forces`` is a list of shape (n_atoms, 3) in eV/Å, ``stress`` the Voigt
-    6-vector in eV/Å^3, energies in eV, ``structure`` the relaxed structure as
-    a pymatgen dict.
+    Every field is optional but the bookkeeping ones: a lab measures a property,
+    not an energy. ``forces`` is a list of shape (n_atoms, 3) in eV/Å, ``stress``
+    the Voigt 6-vector in eV/Å^3, energies in eV, ``structure`` the relaxed
+    structure as a pymatgen dict; further scalars go in ``properties``, in the
+    units the adapter declares (``Evaluator.implemented_properties``).
     """
 
-    energy: float
-    energy_per_atom: float
+    energy: float | None = None
+    energy_per_atom: float | None = None
     formation_energy_per_atom: float | None = None
     forces: list[list[float]] | None = None
     stress: list[float] | None = None
@@ -47,22 +52,69 @@ class EvaluationResult(BaseModel):
         return Structure.from_dict(self.structure) if self.structure else None
 
 
+class Resources(BaseModel):
+    """What one evaluation needs; an adapter declares it, a campaign file may override it
+    (``evaluator.resources``), and dispatchers size cluster jobs and slots by it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    cores: int = Field(1, ge=1, le=100_000, description="CPU cores")
+    gpus: int = Field(0, ge=0, le=64)
+    memory_gb: float = Field(2.0, gt=0, le=100_000, description="memory, GiB")
+    walltime: float = Field(3600.0, gt=0, le=30 * 86_400, description="seconds")
+
+    def override(self, changes: dict[str, Any]) -> Resources:
+        """A copy with ``changes`` (a campaign file's ``evaluator.resources``) validated in."""
+        return Resources.model_validate({**self.model_dump(), **changes})
+
+
+def check_resources(config, cls: type, source: str = "campaign") -> Resources:
+    """The adapter's resources with the campaign's ``evaluator.resources`` over them;
+    a :class:`~matforge.engine.config.ConfigError` names a bad entry."""
+    from matforge.engine.config import ConfigError
+
+    try:
+        return cls.resources.override(config.evaluator.resources)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{source}: field 'evaluator.resources.{where}': "
+                          f"{first['msg']}, got {first.get('input')!r}"[:300]) from None
+
+
+def declared_units(cls: type) -> dict[str, str | None]:
+    """An adapter's properties and their units (None where a tuple named no unit)."""
+    declared = cls.implemented_properties
+    if isinstance(declared, dict):
+        return {str(k): v for k, v in declared.items()}
+    return {str(name): None for name in declared}
+
+
 class Evaluator(abc.ABC):
     """Computes properties of one structure.
 
     Settings go in the constructor, the system in the call:
     ``Evaluator(**params).evaluate(structure, workdir)``. Subclasses list the
-    scalar properties they return in ``implemented_properties``, the elements
-    they have parameters for in ``supported_elements`` (None: any), and the
-    constructor parameters that are file paths in ``path_parameters`` (a
-    relative one resolves against the campaign file's directory and must stay
-    under it).
+    scalar properties they return, with their units, in ``implemented_properties``
+    (``{"energy_per_atom": "eV/atom"}``), the elements they have parameters for in
+    ``supported_elements`` (None: any), the constructor parameters that are file
+    paths in ``path_parameters`` (a relative one resolves against the campaign
+    file's directory and must stay under it), and what one evaluation needs in
+    ``resources``.
+
+    Failures: a calculation that ran and gave nothing usable raises
+    :class:`EvaluationError` with the reason, or returns ``converged=False``;
+    ``conformance_unconverged`` names constructor parameters that make a
+    calculation stop unconverged, for the conformance kit (``matforge adapters
+    check``). Running again in the same ``workdir`` must give the same result.
     """
 
     name: ClassVar[str] = ""
-    implemented_properties: ClassVar[tuple[str, ...]] = ()
+    implemented_properties: ClassVar[dict[str, str]] = {}
     supported_elements: ClassVar[frozenset[str] | None] = None
     path_parameters: ClassVar[tuple[str, ...]] = ()
+    resources: ClassVar[Resources] = Resources()
+    conformance_unconverged: ClassVar[dict[str, Any] | None] = None
 
     @abc.abstractmethod
     def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
@@ -72,3 +124,48 @@ class Evaluator(abc.ABC):
         """The constructor arguments, for provenance (public attributes named like them)."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+
+class JobEvaluator(Evaluator):
+    """An adapter whose calculation is a job that outlives a call: submit, poll, collect.
+
+    ``submit`` starts the calculation and returns a JSON-able handle (a process id,
+    a scheduler job id); ``poll`` says ``"running"``, ``"done"`` or ``"failed"``;
+    ``collect`` reads the result. :meth:`evaluate` keeps the handle in
+    ``workdir/job.json``, so an evaluation started again in the same directory
+    (after its process was killed) re-attaches to the job instead of paying for a
+    second one.
+    """
+
+    poll_interval: ClassVar[float] = 2.0
+    JOB_FILE: ClassVar[str] = "job.json"
+
+    @abc.abstractmethod
+    def submit(self, structure: Structure, workdir: Path) -> dict[str, Any]:
+        """Start the calculation in ``workdir``; return its handle."""
+
+    @abc.abstractmethod
+    def poll(self, handle: dict[str, Any], workdir: Path) -> str:
+        """``"running"``, ``"done"`` or ``"failed"``."""
+
+    @abc.abstractmethod
+    def collect(self, handle: dict[str, Any], structure: Structure,
+                workdir: Path) -> EvaluationResult:
+        """The finished job's result; raises :class:`EvaluationError` for a failed one."""
+
+    def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / self.JOB_FILE
+        try:
+            handle = json.loads(path.read_text())
+        except (OSError, ValueError):
+            handle = self.submit(structure, workdir)
+            partial = path.with_suffix(".partial")
+            partial.write_text(json.dumps(handle))
+            os.replace(partial, path)
+        while (state := self.poll(handle, workdir)) == "running":
+            time.sleep(self.poll_interval)
+        if state != "done":
+            raise EvaluationError(f"job {handle} ended {state}")
+        return self.collect(handle, structure, workdir)

@@ -241,6 +241,11 @@ class EvaluatorSettings(_Section):
         None, gt=0,
         description="seconds one attempt may take; then its processes are killed (TimeoutError)",
     )
+    resources: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what one evaluation needs, over the adapter's own declaration: cores, "
+                    "gpus, memory_gb, walltime (seconds)",
+    )
     retries: int = Field(0, ge=0, le=100, description="extra attempts after a retryable error")
     retry_backoff: float = Field(
         1.0,

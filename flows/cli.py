@@ -129,6 +129,7 @@ def cmd_run(args) -> int:
     except ConfigError as error:
         return _fail(str(error))
     from matforge.adapters import AdapterError, load_evaluator
+    from matforge.adapters.base import check_resources
     from matforge.engine.config import check_elements, check_paths, check_properties
     from matforge.engine.store.sql import CampaignStore, SchemaError, StoreError
 
@@ -144,6 +145,7 @@ def cmd_run(args) -> int:
                        getattr(adapter, "supported_elements", None), args.config)
         config = check_paths(config, Path(args.config).parent,
                              getattr(adapter, "path_parameters", ()), args.config)
+        check_resources(config, adapter, args.config)
     except ConfigError as error:
         return _fail(str(error))
     from matforge.engine.loop.round import check_same_campaign
@@ -348,6 +350,54 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_adapters(args) -> int:
+    """List installed adapters with their properties (and units) and resources."""
+    from matforge.adapters.base import Evaluator, declared_units
+    from matforge.engine import plugins
+
+    for name in plugins.available("adapters"):
+        try:
+            cls = plugins.load("adapters", name, Evaluator)
+        except plugins.PluginError as error:
+            print(f"{name}: cannot load: {error}")
+            continue
+        units = ", ".join(f"{p} [{u or '?'}]" for p, u in declared_units(cls).items())
+        r = cls.resources
+        print(f"{name:<12} {plugins.describe('adapters', name)}")
+        print(f"  properties: {units or 'none declared'}")
+        print(f"  resources:  {r.cores} core(s), {r.gpus} GPU(s), {r.memory_gb:g} GiB, "
+              f"walltime {r.walltime:g} s")
+    return 0
+
+
+def cmd_adapters_check(args) -> int:
+    """Run the conformance kit on one adapter: exit 0 if it conforms, else list what not."""
+    import json
+
+    from matforge.adapters.conformance import check_adapter
+    from matforge.engine import plugins
+
+    try:
+        parameters = json.loads(args.parameters)
+    except ValueError as error:
+        return _fail(f"--parameters: not JSON ({error})")
+    if not isinstance(parameters, dict):
+        return _fail("--parameters: give a JSON object of constructor arguments")
+    if not args.timeout > 0:
+        return _fail(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.name not in plugins.available("adapters"):
+        return _fail(f"adapter {args.name!r} is not installed "
+                     f"(installed: {', '.join(plugins.available('adapters'))})")
+    problems = check_adapter(args.name, parameters, timeout=args.timeout)
+    if not problems:
+        print(f"{args.name}: conforms")
+        return 0
+    print(f"{args.name}: {len(problems)} problem(s)")
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="matforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -380,6 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("plugins", help="list installed generators, featurizers, "
                              "surrogates, acquisitions and adapters")
     listing.set_defaults(func=cmd_plugins)
+
+    adapters = sub.add_parser("adapters", help="list installed adapters, or check one "
+                              "against the evaluator contract")
+    adapters.set_defaults(func=cmd_adapters)
+    adapters_sub = adapters.add_subparsers(dest="action")
+    check = adapters_sub.add_parser("check", help="run the conformance kit on one adapter "
+                                    "(exit 0: it conforms; 1: a list of what does not)")
+    check.add_argument("name")
+    check.add_argument("--parameters", default="{}",
+                       help="constructor arguments as a JSON object")
+    check.add_argument("--timeout", type=float, default=600.0,
+                       help="seconds one test evaluation may take")
+    check.set_defaults(func=cmd_adapters_check)
 
     bench = sub.add_parser("benchmark", help="replay campaigns against historical data")
     bench_sub = bench.add_subparsers(dest="kind", required=True)

@@ -61,8 +61,12 @@ def test_missing_objective_and_non_mapping(emt_result):
         validate_result({**result, "properties": {"band_gap": math.nan}}, n, "band_gap")
     with pytest.raises(ResultError, match="not a mapping"):
         validate_result([1, 2], n, OBJ)
-    with pytest.raises(ResultError, match="no energy"):
+    # energy is not required: a lab measures a property, not an energy
+    assert validate_result({"properties": {"band_gap": 1.5}}, n, "band_gap") == 1.5
+    with pytest.raises(ResultError, match="no 'formation_energy_per_atom'"):
         validate_result({"energy_per_atom": 1.0}, n, OBJ)
+    with pytest.raises(ResultError, match="energy per atom 1e\\+07 eV is beyond"):
+        validate_result({"energy_per_atom": 1e7, "properties": {"x": 1.0}}, n, "x")
 
 
 def test_positive_int_takes_whole_numbers_and_names_what_it_refuses():

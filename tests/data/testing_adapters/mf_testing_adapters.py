@@ -131,7 +131,7 @@ class SleepEvaluator(Evaluator):
     process (``how="process"``), as a hung code would, then returns a fixed result."""
 
     name = "sleep"
-    implemented_properties = ("energy", "energy_per_atom")
+    implemented_properties = {"energy": "eV", "energy_per_atom": "eV/atom"}
 
     def __init__(self, seconds: float = 60.0, how: str = "python"):
         if how not in ("python", "process"):
@@ -145,3 +145,19 @@ class SleepEvaluator(Evaluator):
         else:
             subprocess.run(["sleep", str(self.seconds)], check=True)
         return EvaluationResult(energy=-1.0 * len(structure), energy_per_atom=-1.0)
+
+
+class BrokenEvaluator(Evaluator):
+    """Breaks the contract on purpose, for the conformance kit's tests: a property without
+    a unit that it never reports, one it reports undeclared, an energy that changes from
+    run to run, and a ValueError instead of EvaluationError for an unsupported element."""
+
+    name = "broken"
+    implemented_properties = {"energy": "eV", "band_gap": ""}
+    supported_elements = frozenset({"Cu", "Au"})
+
+    def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
+        if {el.symbol for el in structure.composition} - self.supported_elements:
+            raise ValueError("unsupported element")
+        energy = -1.0 - _uniform(time.time_ns(), os.getpid())
+        return EvaluationResult(energy=energy, properties={"magnetization": 1.0})
