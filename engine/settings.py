@@ -64,6 +64,11 @@ class MatforgeSettings(BaseSettings):
     cores: int = Field(
         default_factory=available_cores, ge=1, description="CPU cores matforge may use"
     )
+    profiles: str | None = Field(
+        None,
+        description="YAML file of per-machine profiles of file-based codes (executable, MPI "
+                    "launcher, ranks, data directory, environment), one mapping per adapter",
+    )
     lease: float = Field(
         60.0, ge=1.0, le=86_400.0,
         description="seconds a run keeps its campaign without a heartbeat; a second run "
