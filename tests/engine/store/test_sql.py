@@ -265,6 +265,7 @@ for fp in fps:
     if claim.new:
         won.append(fp)
         store.complete(claim.id, "accepted", objective=int(fp[2:]) / 1000, result={"by": worker})
+    time.sleep(0.01)  # a dispatch between claims: one worker woken first cannot take them all
 print(json.dumps(won))
 """
 
