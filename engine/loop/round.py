@@ -28,7 +28,13 @@ from typing import Any, Protocol
 import numpy as np
 from pymatgen.core import Structure
 
-from matforge.engine.config import CampaignConfig, ConfigError, check_properties, parse_config
+from matforge.engine.config import (
+    CampaignConfig,
+    ConfigError,
+    check_elements,
+    check_properties,
+    parse_config,
+)
 from matforge.engine.loop import campaign as stages
 from matforge.engine.loop.isolate import ChildDied, run_isolated
 from matforge.engine.loop.lease import Lease
@@ -383,8 +389,8 @@ def run_campaign(
     """Run rounds until the campaign's budget is spent; returns :func:`summarize`'s summary.
 
     Running the same campaign again continues where it stopped. Before anything is
-    written, the campaign's objectives and constraints are checked against what
-    ``evaluator`` reports, and ``config`` against the campaign's stored
+    written, the campaign's objectives, constraints and elements are checked against
+    what ``evaluator`` reports and supports, and ``config`` against the campaign's stored
     configuration (:func:`check_same_campaign`); both raise
     :class:`~matforge.engine.config.ConfigError`.
 
@@ -396,6 +402,7 @@ def run_campaign(
     to a :class:`SerialDispatcher`.
     """
     check_properties(config, config.evaluator.adapter, evaluator.implemented_properties)
+    check_elements(config, config.evaluator.adapter, getattr(evaluator, "supported_elements", None))
     check_same_campaign(store, config, new_config)
     if dispatch is None:
         dispatch = SerialDispatcher(store, evaluator, config.objective.property)

@@ -105,3 +105,14 @@ def test_properties_the_adapter_does_not_report_are_refused_before_anything_is_w
     with pytest.raises(ConfigError, match=rf"field '{field}': adapter 'emt' does not report"):
         run_campaign(bad, store, evaluator, dispatch)
     assert "misspelt" not in store.campaign_names()
+
+
+def test_elements_the_adapter_has_no_parameters_for_are_refused_before_anything_is_written(
+    setup,
+):
+    config, store, evaluator, dispatch, cid = setup
+    iron = parse_config({**config.model_dump(), "name": "iron", "elements": ["Cu", "Fe"]})
+    with pytest.raises(ConfigError, match="field 'elements': adapter 'emt' has no parameters "
+                                          "for Fe"):
+        run_campaign(iron, store, evaluator, dispatch)
+    assert "iron" not in store.campaign_names()
