@@ -55,17 +55,32 @@ def read_result(workdir: str | Path, key: str) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
+_evaluating = False
+
+
+def hold_termination() -> None:
+    """Called by an adapter once its result exists (the code has finished, the bill is
+    paid): from here until the result is on disk, SIGTERM (a deadline, or the campaign's
+    process dying) waits, so the result is collected instead of paid for again. Outside
+    an evaluation's child process it does nothing."""
+    if _evaluating:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
 def evaluate_to_file(make_evaluator: Callable[[], Any], structure: dict[str, Any],
                      workdir: str, key: str) -> None:
     """Build the adapter, evaluate ``structure`` and write the result (runs in the child).
 
-    Once the adapter has returned, the result has been paid for: SIGTERM (a deadline,
-    or the campaign's process dying) waits until it is on disk.
+    Once the adapter has returned (or called :func:`hold_termination`), the result has
+    been paid for: SIGTERM waits until it is on disk.
     """
-    evaluator = make_evaluator()
-    result = evaluator.evaluate(Structure.from_dict(structure), Path(workdir))
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    global _evaluating
+    _evaluating = True
     try:
+        evaluator = make_evaluator()
+        result = evaluator.evaluate(Structure.from_dict(structure), Path(workdir))
+        hold_termination()
         write_result(workdir, key, result.model_dump())
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _evaluating = False

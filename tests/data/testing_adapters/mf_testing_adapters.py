@@ -19,6 +19,7 @@ from pymatgen.core import Structure
 
 from matforge.adapters.ase_calc import EMTEvaluator
 from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator
+from matforge.engine.loop.results import hold_termination
 from matforge.engine.materials.structures import fingerprint
 
 
@@ -28,7 +29,8 @@ class LedgerEMTEvaluator(EMTEvaluator):
     The line ``<fingerprint> <energy> <pid>`` is written and fsynced after the
     relaxation has finished and immediately before the result is returned, so
     the ledger counts completed (paid) calls: a call killed while computing
-    leaves no line.
+    leaves no line, and one killed after its line (:func:`hold_termination`) still
+    writes its result for the campaign to collect.
 
     Parameters
     ----------
@@ -47,6 +49,7 @@ class LedgerEMTEvaluator(EMTEvaluator):
 
     def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
         result = super().evaluate(structure, workdir)
+        hold_termination()  # paid from the ledger line on: a kill now waits for the result file
         line = f"{fingerprint(structure)} {result.energy!r} {os.getpid()}\n"
         fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
