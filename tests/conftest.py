@@ -21,6 +21,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def free_port():
+    """A function returning a TCP port on 127.0.0.1 that nothing listens on (yet)."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """The API URL of a real Prefect server, started once per test session.
 

@@ -234,14 +234,6 @@ def _workspace():
         assert {p.name: p.read_bytes() for p in root.iterdir()} == before
 
 
-def _refused_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 BAD_STORES = [
     "{root}",  # a directory
     "sqlite:///{root}",
@@ -263,9 +255,11 @@ BAD_STORES = [
     template=st.sampled_from(BAD_STORES),
     command=st.sampled_from(["run", "status", "review"]),
 )
-def test_bad_store_urls_are_refused_with_one_line_and_change_nothing(template, command):
+def test_bad_store_urls_are_refused_with_one_line_and_change_nothing(
+    template, command, free_port
+):
     with _workspace() as root:
-        url = template.format(root=root, port=_refused_port())
+        url = template.format(root=root, port=free_port())
         if command == "run":
             (root / "campaign.yaml").write_text(yaml.safe_dump({**VALID, "store": url}))
             argv = ["run", str(root / "campaign.yaml")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,12 +29,6 @@ STOP_WITHIN_S = 30.0
 MESSAGE = "matforge: error: lost the Prefect server at "
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _campaign(root: Path) -> Path:
     path = root / "campaign.yaml"
     path.write_text(yaml.safe_dump({
@@ -52,10 +45,10 @@ def _campaign(root: Path) -> Path:
     return path
 
 
-def _server(root: Path, name: str) -> tuple[str, subprocess.Popen]:
+def _server(root: Path, name: str, port: int) -> tuple[str, subprocess.Popen]:
     home = root / name
     home.mkdir()
-    return start_server(port=_free_port(), log_path=home / "server.log",
+    return start_server(port=port, log_path=home / "server.log",
                         env={"PREFECT_HOME": str(home)})
 
 
@@ -125,11 +118,11 @@ class _Lines:
 
 @pytest.mark.slow
 def test_losing_the_prefect_server_stops_the_run_with_one_message_and_a_rerun_continues(
-    tmp_path,
+    tmp_path, free_port
 ):
     path = _campaign(tmp_path)
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
-    api_url, server = _server(tmp_path, "server-1")
+    api_url, server = _server(tmp_path, "server-1", free_port())
     run = None
     try:
         run = _run(path, api_url, tmp_path / "server-1")
@@ -164,7 +157,7 @@ def test_losing_the_prefect_server_stops_the_run_with_one_message_and_a_rerun_co
     assert {i: after[i] for i in stored} == stored
 
     # a rerun against a fresh server continues to exactly the budget, nothing evaluated twice
-    api_url, server = _server(tmp_path, "server-2")
+    api_url, server = _server(tmp_path, "server-2", free_port())
     try:
         run = _run(path, api_url, tmp_path / "server-2")
         try:

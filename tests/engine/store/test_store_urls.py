@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -16,12 +15,6 @@ from matforge.engine.store.sql import (
 )
 
 PASSWORD = "S3cretPw"
-
-
-def _refused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _with_password(url: str) -> str:
@@ -46,9 +39,9 @@ def _files(root):
         ("postgresql+psycopg2://postgres:pw@127.0.0.1:{port}/test", "Connection refused"),
     ],
 )
-def test_bad_store_urls_are_refused_with_one_line(tmp_path, url, reason):
+def test_bad_store_urls_are_refused_with_one_line(tmp_path, url, reason, free_port):
     (tmp_path / "afile").write_text("not a directory")
-    port = _refused_port()
+    port = free_port()
     url = url.format(tmp=tmp_path, port=port)
     before = _files(tmp_path)
     with pytest.raises(StoreError) as info:
