@@ -39,8 +39,8 @@ from matforge.adapters.base import (
     declared_units,
 )
 from matforge.engine import plugins
-from matforge.engine.loop.isolate import EvaluationTimeout, run_isolated
-from matforge.engine.loop.results import RESULT_FILE, evaluate_to_file, read_result
+from matforge.engine.loop.isolate import EvaluationTimeout
+from matforge.engine.loop.results import RESULT_FILE, evaluate_isolated
 
 TOLERANCE = 1e-6
 """Relative difference allowed between two runs in the same directory."""
@@ -66,12 +66,8 @@ def test_structure(cls: type) -> Structure:
 
 
 def _run(cls, parameters, structure, workdir: Path, timeout: float) -> dict:
-    run_isolated(evaluate_to_file, (partial(_build, cls, parameters), structure.as_dict(),
-                                    str(workdir), "conformance"), timeout, "conformance")
-    result = read_result(workdir, "conformance")
-    if result is None:
-        raise EvaluationError("the adapter returned but no result was written")
-    return result
+    return evaluate_isolated(partial(_build, cls, parameters), structure, workdir,
+                             "conformance", timeout, "conformance")
 
 
 def _values(result: EvaluationResult, names) -> dict[str, float | None]:

@@ -168,8 +168,8 @@ class EspressoEvaluator(FileIOEvaluator):
         if "convergence NOT achieved" in text:
             return None, False, text.count("total energy") // 2
         try:
-            images = list(read_espresso_out(open(workdir / self.output_file),
-                                            index=slice(None)))
+            with open(workdir / self.output_file) as handle:
+                images = list(read_espresso_out(handle, index=slice(None)))
         except Exception as error:
             raise EvaluationError(f"cannot read {self.output_file}: {error}") from None
         if not images:

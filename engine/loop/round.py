@@ -36,9 +36,8 @@ from matforge.engine.config import (
     parse_config,
 )
 from matforge.engine.loop import campaign as stages
-from matforge.engine.loop.isolate import ChildDied, run_isolated
 from matforge.engine.loop.lease import Lease
-from matforge.engine.loop.results import evaluate_to_file, read_result
+from matforge.engine.loop.results import evaluate_isolated, read_result
 from matforge.engine.materials.structures import StructureError, check_structure
 from matforge.engine.settings import get_settings
 from matforge.engine.store.records import RoundResult
@@ -154,13 +153,8 @@ def evaluate_claimed(
                 store.complete(work.evaluation_id, "failed", owner=work.owner,
                                error=f"candidate {work.label}: rejected input: {error}")
                 return store.status(work.evaluation_id)
-            run_isolated(evaluate_to_file,
-                         (make_evaluator, work.structure.as_dict(), work.workdir, work.key),
-                         work.timeout, work.label)
-            result = read_result(work.workdir, work.key)
-            if result is None:
-                raise ChildDied(f"evaluation {work.label}: the adapter returned but no result "
-                                f"was written to {work.workdir}")
+            result = evaluate_isolated(make_evaluator, work.structure, work.workdir, work.key,
+                                       work.timeout, work.label)
         return record_result(store, work.evaluation_id, objective, len(work.structure), result,
                              work.owner)
 
