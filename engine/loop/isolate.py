@@ -62,9 +62,33 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+_held = False
+_term_pending = False
+
+
 def _on_term(_signum, _frame) -> None:
+    global _term_pending
+    if _held:  # a result has been paid for: end once it is on disk (release_termination)
+        _term_pending = True
+        return
     # take the codes this evaluation started down with it
     os.killpg(0, signal.SIGKILL)
+
+
+def hold_signals() -> None:
+    """From now on SIGTERM waits for :func:`release_signals`. A flag the handler reads, not a
+    signal mask: a process-directed signal may be delivered to any thread (a BLAS pool's),
+    and Python runs the handler in the main thread whatever that thread had masked."""
+    global _held
+    _held = True
+
+
+def release_signals() -> None:
+    """End the hold; a SIGTERM that came during it takes effect now."""
+    global _held
+    _held = False
+    if _term_pending:
+        os.killpg(0, signal.SIGKILL)
 
 
 def _child(connection, function: Callable, args: tuple) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,16 +71,18 @@ def evaluate_isolated(make_evaluator: Callable[[], Any], structure: Structure,
     return result
 
 
-_evaluating = False
-
-
 def hold_termination() -> None:
     """Called by an adapter once its result exists (the code has finished, the bill is
     paid): from here until the result is on disk, SIGTERM (a deadline, or the campaign's
     process dying) waits, so the result is collected instead of paid for again. Outside
     an evaluation's child process it does nothing."""
+    from matforge.engine.loop import isolate
+
     if _evaluating:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        isolate.hold_signals()
+
+
+_evaluating = False
 
 
 def evaluate_to_file(make_evaluator: Callable[[], Any], structure: dict[str, Any],
@@ -91,6 +92,8 @@ def evaluate_to_file(make_evaluator: Callable[[], Any], structure: dict[str, Any
     Once the adapter has returned (or called :func:`hold_termination`), the result has
     been paid for: SIGTERM waits until it is on disk.
     """
+    from matforge.engine.loop import isolate
+
     global _evaluating
     _evaluating = True
     try:
@@ -99,5 +102,5 @@ def evaluate_to_file(make_evaluator: Callable[[], Any], structure: dict[str, Any
         hold_termination()
         write_result(workdir, key, result.model_dump())
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         _evaluating = False
+        isolate.release_signals()

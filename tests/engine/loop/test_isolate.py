@@ -52,6 +52,27 @@ class Counting(Evaluator):
         return EvaluationResult(energy=-4.0, energy_per_atom=-1.0)
 
 
+class TerminatedAfterPaying(Evaluator):
+    """Pays (``hold_termination``), then gets SIGTERM while other threads of its process run,
+    as a numerical library's thread pool does."""
+
+    implemented_properties = ("energy", "energy_per_atom")
+
+    def evaluate(self, structure, workdir):
+        import os
+        import signal
+        import threading
+
+        from matforge.engine.loop.results import hold_termination
+
+        worker = threading.Thread(target=time.sleep, args=(3,), daemon=True)
+        worker.start()  # started before the hold, so SIGTERM is not blocked in it
+        hold_termination()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the signal has been delivered (to the worker thread) by now
+        return EvaluationResult(energy=-4.0, energy_per_atom=-1.0)
+
+
 def _sleeps(seconds: float) -> int:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return sum(line.strip() == f"sleep {seconds}" for line in out.splitlines())
@@ -73,6 +94,7 @@ def test_a_timeout_kills_a_blocked_evaluation_at_its_deadline(claimed, tmp_path,
     marker = tmp_path / "marker"
     evaluator = Blocking(how, 20.0, str(marker))
     work = Work(eid, CU, fingerprint(CU), str(tmp_path / "run"), key, None, timeout=2.0)
+    run_isolated(int, (), None)  # the fork server's start-up (imports) is not the deadline's
     start = time.monotonic()
     SerialDispatcher(store, evaluator, "energy_per_atom")([work])
     took = time.monotonic() - start
@@ -130,3 +152,15 @@ def test_a_result_file_of_another_evaluation_is_not_taken(claimed, tmp_path):
     assert ledger.read_text() == "paid\n"
     assert read_result(workdir, key)["energy_per_atom"] == -1.0
     assert (workdir / RESULT_FILE).exists()
+
+
+def test_sigterm_to_any_thread_after_the_adapter_paid_waits_for_the_result_file(tmp_path):
+    """A process-directed SIGTERM may land on any thread; a hold must hold against all of
+    them (a BLAS pool's thread took it while the main thread held it, and a paid result was
+    lost: CI caught a call paid twice)."""
+    from matforge.engine.loop.results import evaluate_isolated
+
+    with pytest.raises(ChildDied):  # the held SIGTERM ends the process once the file is written
+        evaluate_isolated(TerminatedAfterPaying, CU, tmp_path, "key-1", timeout=30, label="held")
+    assert read_result(tmp_path, "key-1") == EvaluationResult(energy=-4.0,
+                                                              energy_per_atom=-1.0).model_dump()
