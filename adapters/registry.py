@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from matforge.adapters.base import Evaluator
@@ -33,3 +34,42 @@ def load_evaluator(name: str, parameters: dict[str, Any] | None = None) -> Evalu
         return cls(**(parameters or {}))
     except TypeError as error:
         raise AdapterError(f"adapter {name!r}: bad parameters: {error}") from None
+
+
+def build_evaluators(config, base: str | Path | None = None, source: str = "campaign"):
+    """The campaign's evaluator and screener (None without ``screen``), checked against it.
+
+    The objectives, constraints and the screen's property must be reported by the
+    adapters, the elements supported, the resources valid, and (with ``base``, the
+    campaign file's directory) path parameters kept under ``base``. Returns
+    ``(config, evaluator, screener)``, the config with its paths resolved. Raises
+    :class:`~matforge.engine.config.ConfigError` naming the field.
+    """
+    from matforge.adapters.base import check_resources
+    from matforge.engine.config import (
+        ConfigError,
+        check_elements,
+        check_paths,
+        check_properties,
+        check_screen,
+    )
+
+    try:
+        evaluator = load_evaluator(config.evaluator.adapter, config.evaluator.parameters)
+    except (AdapterError, ValueError) as error:
+        raise ConfigError(f"{source}: field 'evaluator': {error}") from None
+    screener = None
+    if config.screen is not None:
+        try:
+            screener = load_evaluator(config.screen.adapter, config.screen.parameters)
+        except (AdapterError, ValueError) as error:
+            raise ConfigError(f"{source}: field 'screen': {error}") from None
+        check_screen(config, screener, source)
+    adapter = type(evaluator)
+    check_properties(config, config.evaluator.adapter, evaluator.implemented_properties, source)
+    check_elements(config, config.evaluator.adapter, adapter.supported_elements, source)
+    if base is not None:
+        config = check_paths(config, base, adapter.path_parameters, source,
+                             type(screener).path_parameters if screener else ())
+    check_resources(config, adapter, source)
+    return config, evaluator, screener

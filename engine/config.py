@@ -266,6 +266,34 @@ class EvaluatorSettings(_Section):
         return redact(parameters)
 
 
+class ScreenSettings(_Section):
+    """A cheap evaluator (an ML potential, a tight-binding code) run on every proposed
+    candidate before the expensive one picks: its value joins the features the surrogate
+    sees, and ``keep`` passes only the best candidates by it on to selection.
+
+    Each candidate's screen result is kept in its own directory under the campaign's
+    workdir (``screen/``), so a resumed round screens nothing twice. A candidate the
+    screen cannot evaluate is not selected.
+    """
+
+    adapter: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    property: str | None = Field(
+        None, description="the screen's result used (default: the objective's property)")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="which screen values are best (default: the objective's direction)")
+    keep: int | None = Field(
+        None, ge=1, le=100_000, description="only the best this many go on to selection")
+    as_feature: bool = Field(True, description="the screen's value is a feature of the surrogate")
+    timeout: float = Field(600.0, gt=0, description="seconds one candidate's screen may take")
+
+    @field_serializer("parameters", when_used="json")
+    def _redact_secrets(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        from matforge.engine.store.sql import redact
+
+        return redact(parameters)
+
+
 class AnomalySettings(_Section):
     enabled: bool = True
     min_samples: int = Field(4, ge=2, description="DBSCAN min_samples")
@@ -304,6 +332,8 @@ class CampaignConfig(_Section):
     batch_size: int = Field(8, ge=1, le=10_000)
     budget: int = Field(40, ge=1, le=10_000_000, description="maximum number of evaluations")
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
+    screen: ScreenSettings | None = Field(
+        None, description="a cheap evaluator run on every candidate before selection")
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
     store: str = Field("sqlite:///matforge.db", repr=False,  # a repr may reach a log line
                        description="SQLAlchemy URL of the campaign store")
@@ -399,15 +429,34 @@ def check_elements(config: CampaignConfig, adapter: str, supported, source: str 
         )
 
 
+def check_screen(config: CampaignConfig, screener, source: str = "campaign") -> None:
+    """Refuse a screen whose adapter does not report the screen's property or has no
+    parameters for the campaign's elements; :class:`ConfigError` names the field."""
+    screen = config.screen
+    name = screen.property or config.objective.property
+    offered = sorted(screener.implemented_properties)
+    if name not in offered:
+        field = "screen.property" if screen.property else "screen (the objective's property)"
+        raise ConfigError(f"{source}: field '{field}': adapter {screen.adapter!r} does not "
+                          f"report {name!r} (it reports: {', '.join(offered) or 'nothing'})")
+    supported = getattr(screener, "supported_elements", None)
+    missing = [e for e in config.elements if supported is not None and e not in supported]
+    if missing:
+        raise ConfigError(f"{source}: field 'screen.adapter': adapter {screen.adapter!r} has no "
+                          f"parameters for {', '.join(missing)}")
+
+
 def check_paths(
-    config: CampaignConfig, base: str | Path, path_parameters=(), source: str = "campaign"
+    config: CampaignConfig, base: str | Path, path_parameters=(), source: str = "campaign",
+    screen_path_parameters=(),
 ) -> CampaignConfig:
     """Keep the workdir and the adapter's path parameters under the campaign's directory.
 
     A relative path resolves against ``base`` (the campaign file's directory) and
     must stay under it; an absolute path is the file's explicit choice and is
     kept. ``path_parameters`` are the names of the adapter's parameters that
-    are paths (``Evaluator.path_parameters``). Returns a copy with these paths
+    are paths (``Evaluator.path_parameters``; ``screen_path_parameters`` those of the
+    screen's adapter). Returns a copy with these paths
     absolute; raises :class:`ConfigError` naming the field for one that leaves.
     """
     base = Path(base).resolve()
@@ -430,7 +479,14 @@ def check_paths(
         if isinstance(parameters.get(name), (str, os.PathLike)):
             parameters[name] = under(f"evaluator.parameters.{name}", parameters[name])
     evaluator = config.evaluator.model_copy(update={"parameters": parameters})
-    return config.model_copy(update={"workdir": workdir, "evaluator": evaluator})
+    update = {"workdir": workdir, "evaluator": evaluator}
+    if config.screen is not None:
+        parameters = dict(config.screen.parameters)
+        for name in screen_path_parameters:
+            if isinstance(parameters.get(name), (str, os.PathLike)):
+                parameters[name] = under(f"screen.parameters.{name}", parameters[name])
+        update["screen"] = config.screen.model_copy(update={"parameters": parameters})
+    return config.model_copy(update=update)
 
 
 def _clip(text: str) -> str:

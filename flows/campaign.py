@@ -20,6 +20,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from matforge.adapters import load_evaluator
+from matforge.adapters.registry import build_evaluators
 from matforge.engine.config import CampaignConfig, EvaluatorSettings
 from matforge.engine.loop.round import Work, describe_error, evaluate_claimed, run_campaign
 from matforge.engine.settings import get_settings, limit_threads
@@ -155,7 +156,8 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
     logger = get_run_logger()
     limit_threads()  # a deployment's worker does not pass through the CLI
     store = _store(config.store)
-    evaluator = load_evaluator(config.evaluator.adapter, config.evaluator.parameters)
+    # a deployment's run is checked like the command line's: adapters, properties, resources
+    config, evaluator, screener = build_evaluators(config, source=f"campaign {config.name!r}")
     campaign_id = None
 
     def on_round(result: RoundResult) -> None:
@@ -175,4 +177,4 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
                        "lease expires", config.name, owner.describe())
 
     return run_campaign(config, store, evaluator, task_dispatcher(config, store), stage_task,
-                        on_round, new_config=new_config, on_wait=on_wait)
+                        on_round, new_config=new_config, on_wait=on_wait, screener=screener)

@@ -128,24 +128,11 @@ def cmd_run(args) -> int:
             config = parse_config({**config.model_dump(), "budget": args.budget}, args.config)
     except ConfigError as error:
         return _fail(str(error))
-    from matforge.adapters import AdapterError, load_evaluator
-    from matforge.adapters.base import check_resources
-    from matforge.engine.config import check_elements, check_paths, check_properties
+    from matforge.adapters.registry import build_evaluators
     from matforge.engine.store.sql import CampaignStore, SchemaError, StoreError
 
     try:
-        evaluator = load_evaluator(config.evaluator.adapter, config.evaluator.parameters)
-    except (AdapterError, ValueError) as error:
-        return _fail(f"{args.config}: field 'evaluator': {error}")
-    adapter = type(evaluator)
-    try:
-        check_properties(config, config.evaluator.adapter, evaluator.implemented_properties,
-                         args.config)
-        check_elements(config, config.evaluator.adapter,
-                       getattr(adapter, "supported_elements", None), args.config)
-        config = check_paths(config, Path(args.config).parent,
-                             getattr(adapter, "path_parameters", ()), args.config)
-        check_resources(config, adapter, args.config)
+        config, _, _ = build_evaluators(config, Path(args.config).parent, args.config)
     except ConfigError as error:
         return _fail(str(error))
     from matforge.engine.loop.round import check_same_campaign

@@ -33,9 +33,11 @@ from matforge.engine.config import (
     ConfigError,
     check_elements,
     check_properties,
+    check_screen,
     parse_config,
 )
 from matforge.engine.loop import campaign as stages
+from matforge.engine.loop import screen as screening
 from matforge.engine.loop.lease import Lease
 from matforge.engine.loop.results import evaluate_isolated, read_result
 from matforge.engine.materials.structures import StructureError, check_structure
@@ -212,6 +214,7 @@ def run_round(
     dispatch: Dispatcher,
     run_stage: StageRunner = call_stage,
     owner: str | None = None,
+    screener: Evaluator | None = None,
 ) -> RoundResult:
     """Run (or finish) round ``round`` of a campaign and return what it did.
 
@@ -222,7 +225,9 @@ def run_round(
     only up to ``batch_size`` in all, and never past the campaign's ``budget``.
     Evaluations still running from earlier, interrupted rounds are dispatched too.
     ``owner`` is the run holding the campaign's lease (:class:`Lease`); its claims
-    carry it, and claims another live run owns are never dispatched.
+    carry it, and claims another live run owns are never dispatched. ``screener``
+    (the campaign's ``screen`` adapter) screens the pool before selection
+    (:mod:`~matforge.engine.loop.screen`).
     """
     started = time.perf_counter()
     maximize = config.objective.is_maximized()
@@ -247,6 +252,18 @@ def run_round(
         X_train = run_stage("featurize", stages.featurize, config,
                             [e.input_structure() for e in training])
         X_pool = run_stage("featurize", stages.featurize, config, [c.structure for c in pool])
+        if screener is not None:
+            structures = [e.input_structure() for e in training] + [c.structure for c in pool]
+            fingerprints = [e.fingerprint for e in training] + [c.fingerprint for c in pool]
+            values = run_stage("screen", screening.screen_values, config,
+                               partial(_itself, screener), structures, fingerprints)
+            s_train, s_pool = values[:len(training)], values[len(training):]
+            kept = screening.keep_best(config, s_pool)
+            pool, X_pool, s_pool = [pool[i] for i in kept], X_pool[kept], s_pool[kept]
+            if config.screen.as_feature:
+                X_train = screening.with_screen(X_train, s_train)
+                X_pool = screening.with_screen(X_pool, s_pool)
+    if pool:
         selection = run_stage("select", stages.select, config, round, X_pool, X_train, training,
                               n_pick)
         model_version = selection.model_version
@@ -291,6 +308,10 @@ def run_round(
     if len(training) >= 3 and stages.needs_model(config):  # every fold keeps two points to fit
         X = run_stage("featurize", stages.featurize, config,
                       [e.input_structure() for e in training])
+        if screener is not None and config.screen.as_feature:  # screened already: read back
+            X = screening.with_screen(X, run_stage(
+                "screen", screening.screen_values, config, partial(_itself, screener),
+                [e.input_structure() for e in training], [e.fingerprint for e in training]))
         y = np.array([e.objective for e in training])
         metrics = run_stage("retrain", stages.surrogate_metrics, config, X, y)
     result = RoundResult(
@@ -379,6 +400,7 @@ def run_campaign(
     wait: bool = True,
     on_wait: Callable[[Owner], None] | None = None,
     lease_seconds: float | None = None,
+    screener: Evaluator | None = None,
 ) -> dict[str, Any]:
     """Run rounds until the campaign's budget is spent; returns :func:`summarize`'s summary.
 
@@ -397,6 +419,10 @@ def run_campaign(
     """
     check_properties(config, config.evaluator.adapter, evaluator.implemented_properties)
     check_elements(config, config.evaluator.adapter, getattr(evaluator, "supported_elements", None))
+    if config.screen is not None:
+        if screener is None:
+            raise ConfigError(f"campaign {config.name!r} has a screen but no screener was given")
+        check_screen(config, screener)
     check_same_campaign(store, config, new_config)
     if dispatch is None:
         dispatch = SerialDispatcher(store, evaluator, config.objective.property)
@@ -415,7 +441,7 @@ def run_campaign(
             if spent and not unfinished and not store.count(campaign_id, statuses=("running",)):
                 break
             result = run_round(config, store, campaign_id, round, evaluator, dispatch,
-                               run_stage, lease.id)
+                               run_stage, lease.id, screener if config.screen else None)
             if on_round is not None:
                 on_round(result)
             if result.note == EXHAUSTED:
