@@ -82,9 +82,10 @@ def check_resources(config, cls: type, source: str = "campaign") -> Resources:
                           f"{first['msg']}, got {first.get('input')!r}"[:300]) from None
 
 
-def declared_units(cls: type) -> dict[str, str | None]:
-    """An adapter's properties and their units (None where a tuple named no unit)."""
-    declared = cls.implemented_properties
+def declared_units(adapter) -> dict[str, str | None]:
+    """An adapter's (class or instance) properties and their units (None where a tuple named
+    no unit)."""
+    declared = adapter.implemented_properties
     if isinstance(declared, dict):
         return {str(k): v for k, v in declared.items()}
     return {str(name): None for name in declared}

@@ -90,7 +90,11 @@ def check_adapter(name: str, parameters: dict[str, Any] | None = None,
         return [str(error)]
     problems: list[str] = []
 
-    units = declared_units(cls)
+    try:
+        instance = cls(**parameters)
+    except Exception as error:
+        return [f"constructor: {type(error).__name__}: {error}"]
+    units = declared_units(instance)  # an adapter may declare per instance (a lab's properties)
     if not units:
         problems.append("implemented_properties: declares no property")
     for prop, unit in units.items():
@@ -99,10 +103,6 @@ def check_adapter(name: str, parameters: dict[str, Any] | None = None,
                             "(declare {name: unit}, e.g. {'energy_per_atom': 'eV/atom'})")
     if not isinstance(cls.resources, Resources):
         problems.append(f"resources: {cls.resources!r} is not a matforge Resources")
-    try:
-        cls(**parameters)
-    except Exception as error:
-        return problems + [f"constructor: {type(error).__name__}: {error}"]
 
     structure = test_structure(cls)
     root = Path(tempfile.mkdtemp(prefix=f"matforge-check-{name}-"))

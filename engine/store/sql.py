@@ -78,6 +78,13 @@ REDACTED = "***"
 SECRET_NAME = re.compile(r"token|passw|secret|key|credential|auth", re.IGNORECASE)
 """Parameter names whose values are never stored."""
 
+SECRET_PLACE = re.compile(r"_(env|block)$", re.IGNORECASE)
+"""Names that say where a secret is kept (``token_env``: the variable's name), not the secret."""
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name)) and not SECRET_PLACE.search(name)
+
 
 class SchemaError(RuntimeError):
     """A database this matforge cannot open; the message says why."""
@@ -107,7 +114,7 @@ def redact_url(url: str) -> str:
             host = (rest if sep else text).rpartition("@")[2]
             text = f"{scheme}://{REDACTED}@{host}" if sep else f"{REDACTED}@{host}"
         return _one_line(text)
-    secret = [k for k in parsed.query if SECRET_NAME.search(k)]
+    secret = [k for k in parsed.query if is_secret_name(k)]
     if parsed.password is None and not secret:
         return _one_line(str(url))  # nothing to hide: shown as written
     query = {k: REDACTED if k in secret else v for k, v in parsed.query.items()}
@@ -158,7 +165,7 @@ def redact(value: Any) -> Any:
     """``value`` made JSON-safe with every secret-looking mapping entry replaced by ``"***"``."""
     if isinstance(value, dict):
         return {
-            str(k): REDACTED if SECRET_NAME.search(str(k)) else redact(v) for k, v in value.items()
+            str(k): REDACTED if is_secret_name(str(k)) else redact(v) for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]

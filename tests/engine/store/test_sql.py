@@ -124,6 +124,15 @@ def test_secret_looking_parameters_are_redacted_and_do_not_change_the_key(store)
         assert secret not in dump
 
 
+def test_where_a_secret_is_kept_is_not_itself_redacted():
+    """``token_env`` names a variable: redacted, the adapter would look in the wrong one."""
+    from matforge.engine.store.sql import redact
+
+    assert redact({"token_env": "LAB_TOKEN", "token_block": "lab", "token": "t0k",
+                   "client_secret": "s"}) == {"token_env": "LAB_TOKEN", "token_block": "lab",
+                                              "token": "***", "client_secret": "***"}
+
+
 def test_state_survives_reopening(store_url):
     store = CampaignStore(store_url)
     cid = store.campaign_id("c", {})
