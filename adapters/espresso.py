@@ -16,8 +16,6 @@ the evaluations' directories, so every evaluation of a campaign shares them.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import math
 import re
@@ -199,25 +197,7 @@ class EspressoEvaluator(FileIOEvaluator):
 
     # elemental references ------------------------------------------------------------
 
-    def _reference_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.parameters(), sort_keys=True).encode()).hexdigest()
-
-    def references(self, symbols: list[str], directory: Path) -> dict[str, float]:
-        """Energies per atom of the elements' ground states with these settings, computed
-        once per campaign directory (``qe-references.json``, under a file lock)."""
-        path = directory / "qe-references.json"
-        key = self._reference_key()
-        with open(directory / ".qe-references.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            stored = json.loads(path.read_text()) if path.exists() else {}
-            mine = stored.setdefault(key, {})
-            for symbol in symbols:
-                if symbol not in mine:
-                    mine[symbol] = self._reference(symbol, directory / "qe-references" / symbol)
-                    path.write_text(json.dumps(stored, indent=1))
-            return {s: mine[s] for s in symbols}
-
-    def _reference(self, symbol: str, workdir: Path) -> float:
+    def reference_energy(self, symbol: str, workdir: Path) -> float:
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             atoms = bulk(symbol)

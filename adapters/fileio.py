@@ -13,6 +13,9 @@ timeout kills it with its MPI ranks (they share the process group).
 from __future__ import annotations
 
 import abc
+import fcntl
+import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -119,3 +122,26 @@ class FileIOEvaluator(Evaluator):
 
     def describe_profile(self) -> dict[str, Any]:
         return self.profile().model_dump()
+
+    def reference_energy(self, symbol: str, workdir: Path) -> float:
+        """Energy per atom of element ``symbol``'s ground state with these settings,
+        computed in ``workdir`` (for formation energies; see :meth:`references`)."""
+        raise NotImplementedError(f"{type(self).__name__} computes no reference energies")
+
+    def references(self, symbols: list[str], directory: Path) -> dict[str, float]:
+        """Energies per atom of the elements' ground states with these settings, computed
+        once per campaign directory (``<name>-references.json``, under a file lock, so
+        evaluations running side by side share them) and keyed by the parameters."""
+        path = directory / f"{self.name}-references.json"
+        key = hashlib.sha256(json.dumps(self.parameters(), sort_keys=True,
+                                        default=str).encode()).hexdigest()
+        with open(directory / f".{self.name}-references.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = json.loads(path.read_text()) if path.exists() else {}
+            mine = stored.setdefault(key, {})
+            for symbol in symbols:
+                if symbol not in mine:
+                    mine[symbol] = self.reference_energy(
+                        symbol, directory / f"{self.name}-references" / symbol)
+                    path.write_text(json.dumps(stored, indent=1))
+            return {s: mine[s] for s in symbols}
