@@ -3,7 +3,6 @@ broken promise of a broken one; job adapters re-attach to a job instead of payin
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import yaml
 from pymatgen.core import Lattice, Structure
 
-from matforge.adapters.base import EvaluationResult, JobEvaluator, Resources
+from matforge.adapters.base import Resources
 from matforge.adapters.conformance import check_adapter
 from matforge.engine.loop.isolate import EvaluationTimeout, run_isolated
 from matforge.engine.loop.results import evaluate_to_file, read_result
@@ -71,44 +70,16 @@ def test_resources_are_declared_and_a_campaign_may_override_them(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
-class ProcessJob(JobEvaluator):
-    """A job that runs on after the evaluation's process dies, like a cluster job."""
+def test_a_job_adapter_re_attaches_to_its_job_instead_of_submitting_again(testing_adapters,
+                                                                         tmp_path):
+    from mf_testing_adapters import ProcessJob
 
-    implemented_properties = {"energy": "eV"}
-    poll_interval = 0.05
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def submit(self, structure, workdir):
-        with open(workdir / "submissions", "a") as handle:
-            handle.write("submitted\n")
-        job = subprocess.Popen(
-            ["sh", "-c", f"sleep {self.seconds}; echo -3.5 > energy.partial; "
-                         "mv energy.partial energy"],
-            cwd=workdir, start_new_session=True,  # outside the evaluation's process group
-        )
-        return {"pid": job.pid}
-
-    def poll(self, handle, workdir):
-        if (workdir / "energy").exists():
-            return "done"
-        try:
-            os.kill(handle["pid"], 0)
-            return "running"
-        except ProcessLookupError:
-            return "failed"
-
-    def collect(self, handle, structure, workdir):
-        return EvaluationResult(energy=float((workdir / "energy").read_text()))
-
-
-def test_a_job_adapter_re_attaches_to_its_job_instead_of_submitting_again(tmp_path):
     cu = Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
     workdir = tmp_path / "run"
-    args = (ProcessJob(3.0), cu.as_dict(), str(workdir), "key")
+    args = (ProcessJob(8.0), cu.as_dict(), str(workdir), "key")
+    run_isolated(int, (), None)  # the fork server's start-up is not the job's time
     with pytest.raises(EvaluationTimeout):  # the campaign's process stops watching it
-        run_isolated(evaluate_to_file, (_itself_factory(args[0]), *args[1:]), 1.0)
+        run_isolated(evaluate_to_file, (_itself_factory(args[0]), *args[1:]), 4.0)
     assert (workdir / "job.json").exists() and not (workdir / "energy").exists()
     # started again in the same directory, it waits for the job it already has
     run_isolated(evaluate_to_file, (_itself_factory(args[0]), *args[1:]), 30.0)

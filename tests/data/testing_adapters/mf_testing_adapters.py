@@ -18,7 +18,7 @@ from pathlib import Path
 from pymatgen.core import Structure
 
 from matforge.adapters.ase_calc import EMTEvaluator
-from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator
+from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator, JobEvaluator
 from matforge.engine.loop.results import hold_termination
 from matforge.engine.materials.structures import fingerprint
 
@@ -148,6 +148,41 @@ class SleepEvaluator(Evaluator):
         else:
             subprocess.run(["sleep", str(self.seconds)], check=True)
         return EvaluationResult(energy=-1.0 * len(structure), energy_per_atom=-1.0)
+
+
+class ProcessJob(JobEvaluator):
+    """A job that runs on after the evaluation's process dies, as a cluster job does: a
+    detached ``sh`` that sleeps ``seconds``, then writes the energy. Each submission is
+    counted in ``workdir/submissions``."""
+
+    name = "process-job"
+    implemented_properties = {"energy": "eV"}
+    poll_interval = 0.05
+
+    def __init__(self, seconds: float = 1.0):
+        self.seconds = float(seconds)
+
+    def submit(self, structure: Structure, workdir: Path) -> dict:
+        with open(workdir / "submissions", "a") as handle:
+            handle.write("submitted\n")
+        job = subprocess.Popen(
+            ["sh", "-c", f"sleep {self.seconds}; echo -3.5 > energy.partial; "
+                         "mv energy.partial energy"],
+            cwd=workdir, start_new_session=True,  # outside the evaluation's process group
+        )
+        return {"pid": job.pid}
+
+    def poll(self, handle: dict, workdir: Path) -> str:
+        if (workdir / "energy").exists():
+            return "done"
+        try:
+            os.kill(handle["pid"], 0)
+            return "running"
+        except ProcessLookupError:
+            return "failed"
+
+    def collect(self, handle: dict, structure: Structure, workdir: Path) -> EvaluationResult:
+        return EvaluationResult(energy=float((workdir / "energy").read_text()))
 
 
 class BrokenEvaluator(Evaluator):
