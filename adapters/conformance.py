@@ -14,6 +14,9 @@ process a campaign would use:
   a run stopped at a deadline leaves no process behind;
 - resources: the run fits the declared walltime.
 
+An adapter that is trained on a campaign's results (``trainable``, such as the own
+potential's screen) is first fitted on its ``conformance_training()`` results.
+
 Each problem is one line; an empty list means the adapter conforms.
 """
 
@@ -47,7 +50,10 @@ TOLERANCE = 1e-6
 
 
 def _build(cls: type, parameters: dict[str, Any]) -> Evaluator:
-    return cls(**parameters)
+    evaluator = cls(**parameters)
+    if getattr(cls, "trainable", False):  # a screen trained on results: on the adapter's own
+        evaluator = evaluator.fit(cls.conformance_training())
+    return evaluator
 
 
 def test_structure(cls: type) -> Structure:
@@ -91,7 +97,7 @@ def check_adapter(name: str, parameters: dict[str, Any] | None = None,
     problems: list[str] = []
 
     try:
-        instance = cls(**parameters)
+        instance = _build(cls, parameters)
     except Exception as error:
         return [f"constructor: {type(error).__name__}: {error}"]
     units = declared_units(instance)  # an adapter may declare per instance (a lab's properties)
@@ -154,8 +160,7 @@ def check_adapter(name: str, parameters: dict[str, Any] | None = None,
 def _failure_reporting(cls, parameters, structure, root: Path, timeout: float) -> list[str]:
     problems = []
     if cls.supported_elements is not None:
-        foreign = next(e.symbol for e in Element if e.symbol not in cls.supported_elements
-                       and e.Z < 87)
+        foreign = next(e.symbol for e in Element if e.symbol not in cls.supported_elements)
         bad = structure.copy()
         bad.replace(0, foreign)
         try:

@@ -252,13 +252,16 @@ def run_round(
         X_train = run_stage("featurize", stages.featurize, config,
                             [e.input_structure() for e in training])
         X_pool = run_stage("featurize", stages.featurize, config, [c.structure for c in pool])
+        if screener is not None and getattr(screener, "trainable", False):
+            screener = run_stage("train_screen", screening.train_screener, screener, training)
         if screener is not None:
             structures = [e.input_structure() for e in training] + [c.structure for c in pool]
             fingerprints = [e.fingerprint for e in training] + [c.fingerprint for c in pool]
             values = run_stage("screen", screening.screen_values, config,
                                partial(_itself, screener), structures, fingerprints)
             s_train, s_pool = values[:len(training)], values[len(training):]
-            kept = screening.keep_best(config, s_pool)
+            kept = screening.keep_best(config, s_pool,
+                                       drop_failed=not getattr(screener, "trainable", False))
             pool, X_pool, s_pool = [pool[i] for i in kept], X_pool[kept], s_pool[kept]
             if config.screen.as_feature:
                 X_train = screening.with_screen(X_train, s_train)
@@ -308,7 +311,10 @@ def run_round(
     if len(training) >= 3 and stages.needs_model(config):  # every fold keeps two points to fit
         X = run_stage("featurize", stages.featurize, config,
                       [e.input_structure() for e in training])
-        if screener is not None and config.screen.as_feature:  # screened already: read back
+        # screened already (the candidates were in the pool): read back; a screen trained on
+        # results that has not been trained (too few yet) screens nothing
+        if screener is not None and config.screen.as_feature and (
+                getattr(screener, "version_", "") is not None):
             X = screening.with_screen(X, run_stage(
                 "screen", screening.screen_values, config, partial(_itself, screener),
                 [e.input_structure() for e in training], [e.fingerprint for e in training]))

@@ -36,9 +36,12 @@ STARTED = "screen-started"
 naming the candidate that killed it."""
 
 
-def screen_key(adapter: str, parameters: dict[str, Any], fingerprint: str) -> str:
-    """What makes one screen result: the adapter, its parameters and the structure."""
-    text = json.dumps([adapter, parameters, fingerprint], sort_keys=True, default=str)
+def screen_key(adapter: str, parameters: dict[str, Any], fingerprint: str,
+               version: str | None = None) -> str:
+    """What makes one screen result: the adapter, its parameters, the structure and, for a
+    screen trained on the campaign's results, the version of its training."""
+    text = json.dumps([adapter, parameters, fingerprint] + ([version] if version else []),
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -81,7 +84,8 @@ def screen_values(
     """The screen's property of each structure, array of shape (n_structures,); NaN where
     the screen failed. Screens only structures with no result on disk yet."""
     adapter, parameters = config.screen.adapter, config.screen.parameters
-    keys = [screen_key(adapter, parameters, fp) for fp in fingerprints]
+    version = getattr(make_screener(), "version_", None)
+    keys = [screen_key(adapter, parameters, fp, version) for fp in fingerprints]
     dirs = [screen_dir(config, fp) for fp in fingerprints]
     todo = {}
     for structure, workdir, key in zip(structures, dirs, keys):
@@ -118,9 +122,19 @@ def with_screen(X: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.column_stack([X, column])
 
 
-def keep_best(config: CampaignConfig, values: np.ndarray) -> np.ndarray:
-    """Indices of the candidates that go on to selection: those the screen evaluated, and of
-    them the best ``screen.keep`` (all when it is not set), best first."""
+def keep_best(config: CampaignConfig, values: np.ndarray, drop_failed: bool = True) -> np.ndarray:
+    """Indices of the candidates that go on to selection, best first: the best
+    ``screen.keep`` (all when it is not set) of those the screen evaluated. With
+    ``drop_failed=False`` (a screen trained on the campaign's results, which cannot
+    predict what it has not seen) the others follow them, in pool order."""
     ok = np.flatnonzero(np.isfinite(values))
     order = ok[np.argsort(-values[ok] if screen_maximizes(config) else values[ok], kind="stable")]
+    if not drop_failed:
+        order = np.concatenate([order, np.flatnonzero(~np.isfinite(values))])
     return order if config.screen.keep is None else order[: config.screen.keep]
+
+
+def train_screener(screener: Any, training: Sequence[Any]) -> Any | None:
+    """A screen trained on the campaign's results (``screener.fit`` on the accepted
+    evaluations' result dicts), or None while there are too few to train on."""
+    return screener.fit([e.result for e in training])

@@ -3,6 +3,7 @@ ranks are picked, nothing is screened twice, and a candidate it fails on is not 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -126,3 +127,22 @@ def test_a_screen_that_cannot_report_its_property_is_refused_before_anything_run
         build_evaluators(_config(tmp_path, {"adapter": "emt"}, elements=["Cu", "Fe"],
                                  evaluator={"adapter": "sleep"},
                                  objective={"property": "energy_per_atom"}))
+
+
+def test_the_own_potential_screens_once_it_has_results_and_retrains_each_round(tmp_path):
+    config = _config(tmp_path, {"adapter": "bpnn", "parameters": {"epochs": 60}},
+                     batch_size=4, budget=12)
+    config, evaluator, screener = build_evaluators(config)
+    store = CampaignStore(config.store)
+    dispatch = SerialDispatcher(store, evaluator, config.objective.property)
+    summary = run_campaign(config, store, evaluator, dispatch, screener=screener)
+    assert summary["by_status"] == {"accepted": 12}
+    screened = list((tmp_path / "runs" / "screened" / "screen").glob("*/matforge-result.json"))
+    # round 0 had no results to train on; rounds 1 and 2 screened their pools of 16 (a
+    # structure in both is screened again by the retrained potential, in its directory)
+    assert 16 <= len(screened) <= 32
+    results = [screening.read_result(p.parent, json.loads(p.read_text())["key"])
+               for p in screened]
+    predicted = [r.get("formation_energy_per_atom") for r in results if "error" not in r]
+    assert predicted and all(np.isfinite(predicted))
+    store.close()
