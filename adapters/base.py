@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import abc
+import fcntl
+import hashlib
 import inspect
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -170,3 +173,27 @@ class JobEvaluator(Evaluator):
         if state != "done":
             raise EvaluationError(f"job {handle} ended {state}")
         return self.collect(handle, structure, workdir)
+
+
+def shared_references(directory: Path, name: str, parameters: dict[str, Any],
+                      symbols: list[str], compute: Callable[[str], float]) -> dict[str, float]:
+    """Energies per atom of elemental references, computed once per campaign directory.
+
+    Kept in ``directory/<name>-references.json`` keyed by a hash of ``parameters``,
+    under a file lock, so evaluations running side by side (and evaluations in child
+    processes, which share no memory) compute each element once.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-references.json"
+    key = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()
+    with open(directory / f".{name}-references.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        mine = stored.setdefault(key, {})
+        for symbol in symbols:
+            if symbol not in mine:
+                mine[symbol] = float(compute(symbol))
+                partial = path.with_suffix(".partial")
+                partial.write_text(json.dumps(stored, indent=1))
+                os.replace(partial, path)
+        return {s: mine[s] for s in symbols}

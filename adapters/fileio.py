@@ -13,9 +13,6 @@ timeout kills it with its MPI ranks (they share the process group).
 from __future__ import annotations
 
 import abc
-import fcntl
-import hashlib
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -25,7 +22,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymatgen.core import Structure
 
-from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator
+from matforge.adapters.base import (
+    EvaluationError,
+    EvaluationResult,
+    Evaluator,
+    shared_references,
+)
 
 
 class Profile(BaseModel):
@@ -130,18 +132,7 @@ class FileIOEvaluator(Evaluator):
 
     def references(self, symbols: list[str], directory: Path) -> dict[str, float]:
         """Energies per atom of the elements' ground states with these settings, computed
-        once per campaign directory (``<name>-references.json``, under a file lock, so
-        evaluations running side by side share them) and keyed by the parameters."""
-        path = directory / f"{self.name}-references.json"
-        key = hashlib.sha256(json.dumps(self.parameters(), sort_keys=True,
-                                        default=str).encode()).hexdigest()
-        with open(directory / f".{self.name}-references.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            stored = json.loads(path.read_text()) if path.exists() else {}
-            mine = stored.setdefault(key, {})
-            for symbol in symbols:
-                if symbol not in mine:
-                    mine[symbol] = self.reference_energy(
-                        symbol, directory / f"{self.name}-references" / symbol)
-                    path.write_text(json.dumps(stored, indent=1))
-            return {s: mine[s] for s in symbols}
+        once per campaign directory (:func:`~matforge.adapters.base.shared_references`)."""
+        return shared_references(
+            directory, self.name, self.parameters(), symbols,
+            lambda s: self.reference_energy(s, directory / f"{self.name}-references" / s))
