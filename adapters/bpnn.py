@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,13 +119,14 @@ class OwnPotentialEvaluator(Evaluator):
 
         evaluator = EMTEvaluator(fmax=0.05, max_steps=100)
         results = []
-        for i, symbols in enumerate(["Cu4", "Au4", "Cu3Au", "CuAu3", "Cu2Au2", "Cu2Au2"]):
-            atoms = bulk("Cu", "fcc", a=3.8, cubic=True)
-            atoms.set_chemical_symbols(string2symbols(symbols))
-            if i == 5:
-                atoms.rattle(0.05, seed=i)
-            structure = AseAtomsAdaptor.get_structure(atoms)
-            results.append(evaluator.evaluate(structure, Path(".")).model_dump())
+        with tempfile.TemporaryDirectory() as workdir:
+            for i, symbols in enumerate(["Cu4", "Au4", "Cu3Au", "CuAu3", "Cu2Au2", "Cu2Au2"]):
+                atoms = bulk("Cu", "fcc", a=3.8, cubic=True)
+                atoms.set_chemical_symbols(string2symbols(symbols))
+                if i == 5:
+                    atoms.rattle(0.05, seed=i)
+                structure = AseAtomsAdaptor.get_structure(atoms)
+                results.append(evaluator.evaluate(structure, Path(workdir)).model_dump())
         return results
 
     # prediction -----------------------------------------------------------------------
