@@ -106,3 +106,18 @@ def test_the_readmes_example_adapter_installs_and_conforms(tmp_path, monkeypatch
     assert check_adapter("lj") == []
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert (example / "my_adapter.py").read_text() in readme  # the README shows it whole
+
+
+def test_every_built_in_adapter_has_a_conformance_test():
+    """A new built-in adapter comes with a test that runs the kit on it."""
+    import re
+    from importlib.metadata import entry_points
+
+    root = Path(__file__).resolve().parents[2]
+    built_in = {ep.name for ep in entry_points(group="matforge.adapters")
+                if ep.value.startswith("matforge.adapters.")}
+    assert {"emt", "qe", "bpnn"} <= built_in
+    checked = set()
+    for path in (root / "tests" / "adapters").glob("test_*.py"):
+        checked |= set(re.findall(r'check_adapter\(\s*["\x27]([\w-]+)["\x27]', path.read_text()))
+    assert built_in - checked == set()
