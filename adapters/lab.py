@@ -17,8 +17,9 @@ The instrument speaks a small JSON protocol, rooted at the ``url`` parameter:
     declared ones, each a finite number, in the declared units.
 
 Requests carry ``Authorization: Bearer <token>``; the token is read when a request is
-made, from the environment variable named by ``token_env`` or from a Prefect Secret
-block named by ``token_block``, and is never written to the parameters, the job
+made, from the environment variable named by ``token_env`` (a campaign run by Prefect
+may fill it from a Secret block: ``evaluator.secrets``), and is never written to the
+parameters, the job
 handle, the result, a file or an error message. HTTPS is verified against the
 system's trust store or ``ca_file``; plain HTTP is refused except to this machine.
 Redirects are refused, so the token never follows one to another host.
@@ -53,8 +54,7 @@ from matforge.adapters.base import EvaluationError, EvaluationResult, JobEvaluat
 
 DEFAULT_TOKEN_ENV = "MATFORGE_LAB_TOKEN"
 REDACTED = "***"
-"""How stored and API copies of a campaign show parameters whose names look secret
-(:func:`matforge.engine.store.sql.redact`); ``token_env`` and ``token_block`` are such."""
+"""What stands for the token in any text the instrument sends back."""
 REQUEST_FILE = "lab-request.json"
 MAX_REPLY_BYTES = 16 * 2**20
 STATES = {"queued": "running", "running": "running", "done": "done", "failed": "failed"}
@@ -116,8 +116,6 @@ class LabEvaluator(JobEvaluator):
         the campaign's objectives and constraints must be among them
     recipe : synthesis and measurement settings sent with every sample (JSON)
     token_env : environment variable holding the API token (read at each request)
-    token_block : name of a Prefect Secret block holding the token, used when
-        ``token_env``'s variable is unset (needs Prefect installed)
     ca_file : PEM file of the certificate authorities to trust instead of the system's
     timeout : seconds one request may take before it counts as failed (TimeoutError)
     poll_interval : seconds between two status requests while the job runs; the
@@ -137,7 +135,6 @@ class LabEvaluator(JobEvaluator):
         properties: dict[str, str] | None = None,
         recipe: dict[str, Any] | None = None,
         token_env: str = DEFAULT_TOKEN_ENV,
-        token_block: str | None = None,
         ca_file: str | None = None,
         timeout: float = 30.0,
         poll_interval: float = 10.0,
@@ -167,10 +164,6 @@ class LabEvaluator(JobEvaluator):
         if not isinstance(token_env, str) or not token_env:
             raise ValueError(f"token_env must name an environment variable, got {token_env!r}")
         self.token_env = token_env
-        if token_block is not None and (not isinstance(token_block, str) or not token_block):
-            raise ValueError(f"token_block must name a Prefect Secret block, "
-                             f"got {token_block!r}")
-        self.token_block = token_block
         self.ca_file = None if ca_file is None else str(ca_file)
         for label, value in (("timeout", timeout), ("poll_interval", poll_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
@@ -183,33 +176,15 @@ class LabEvaluator(JobEvaluator):
 
     def _token_source(self) -> tuple[str, str | None]:
         """Where the token comes from, in words, and the token (None: there is none)."""
-        # a flow's copy of the parameters from the Prefect API has these names redacted
-        env = DEFAULT_TOKEN_ENV if self.token_env == REDACTED else self.token_env
+        env = self.token_env
         token = os.environ.get(env) or None
         source = f"environment variable {env}"
-        if token is None and self.token_block not in (None, REDACTED):
-            source = f"Prefect Secret block {self.token_block!r}"
-            token = self._secret_token()
         if token is not None:
             token = token.strip()
             if not token or any(ord(c) < 33 or ord(c) == 127 for c in token):
                 raise EvaluationError(f"the token in {source} is empty or holds whitespace "
                                       "or control characters")
         return source, token
-
-    def _secret_token(self) -> str | None:
-        try:  # only here: adapters import without Prefect
-            from prefect.blocks.system import Secret
-        except ImportError:
-            raise EvaluationError(f"token_block {self.token_block!r} needs Prefect "
-                                  "installed; set the token in "
-                                  f"environment variable {self.token_env} instead") from None
-        try:
-            value = Secret.load(self.token_block).get()
-        except Exception as error:
-            raise EvaluationError(f"cannot read Prefect Secret block {self.token_block!r}: "
-                                  f"{type(error).__name__}") from None
-        return None if value is None else str(value)
 
     # requests -------------------------------------------------------------------------
 

@@ -257,6 +257,23 @@ class EvaluatorSettings(_Section):
         default_factory=lambda: ["TimeoutError", "ConnectionError"],
         description="exception class names (or base class names) that are retried",
     )
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables an adapter reads its secrets from, each filled "
+                    "from the Prefect Secret block named, where the variable is unset, "
+                    "before the campaign's evaluations start",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _variable_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, block in v.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", block):
+                raise ValueError(f"{block!r} is not a Prefect block name (lowercase letters, "
+                                 "digits and dashes)")
+        return v
 
     @field_serializer("parameters", when_used="json")
     def _redact_secrets(self, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ publishes the needs-review table.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import partial
 from typing import Any
@@ -133,6 +134,24 @@ def review_artifact_task(config: CampaignConfig, campaign_id: int) -> None:
 _stores: dict[str, CampaignStore] = {}
 
 
+def export_secrets(secrets: dict[str, str]) -> None:
+    """Fill each environment variable of ``evaluator.secrets`` that is unset from the Prefect
+    Secret block it names, so adapters (which never import Prefect) read their tokens from
+    the environment; the value is never stored or logged. Raises ValueError naming a block
+    that cannot be read."""
+    from prefect.blocks.system import Secret
+
+    for variable, block in secrets.items():
+        if os.environ.get(variable):
+            continue
+        try:
+            value = Secret.load(block).get()
+        except Exception as error:  # a missing block is a ValueError; a lost server others
+            raise ValueError(f"evaluator.secrets.{variable}: cannot read the Prefect Secret "
+                             f"block {block!r} ({type(error).__name__})") from None
+        os.environ[variable] = str(value)
+
+
 def _store(url: str) -> CampaignStore:
     # a URL whose password came back redacted from the Prefect API gets it from the environment
     from matforge.engine.store.sql import runtime_url
@@ -156,6 +175,8 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
     logger = get_run_logger()
     limit_threads()  # a deployment's worker does not pass through the CLI
     store = _store(config.store)
+    # before the evaluations' fork server starts, which keeps the environment it started with
+    export_secrets(config.evaluator.secrets)
     # a deployment's run is checked like the command line's: adapters, properties, resources
     config, evaluator, screener = build_evaluators(config, source=f"campaign {config.name!r}")
     campaign_id = None

@@ -91,3 +91,31 @@ def test_the_store_password_is_never_stored_sent_or_shown(
         assert run.parameters["config"]["store"].startswith("postgresql+psycopg2://postgres:***@")
     sent_to_api = "".join(r.model_dump_json() for r in [*flow_runs, *task_runs])
     assert PASSWORD not in sent_to_api
+
+
+def test_an_adapters_token_comes_from_a_prefect_secret_block_into_its_environment(
+    prefect_server, monkeypatch
+):
+    """Adapters never import Prefect: the flow fills the variable they read from the block."""
+    import os
+
+    import pytest
+    from prefect.blocks.system import Secret
+
+    from matforge.engine.config import ConfigError
+    from matforge.flows.campaign import export_secrets
+
+    Secret(value="tok-from-block").save("matforge-test-lab-token", overwrite=True)
+    monkeypatch.delenv("MATFORGE_TEST_LAB_TOKEN", raising=False)
+    export_secrets({"MATFORGE_TEST_LAB_TOKEN": "matforge-test-lab-token"})
+    assert os.environ["MATFORGE_TEST_LAB_TOKEN"] == "tok-from-block"
+    monkeypatch.setenv("MATFORGE_TEST_LAB_TOKEN", "set-by-hand")  # the environment comes first
+    export_secrets({"MATFORGE_TEST_LAB_TOKEN": "matforge-test-lab-token"})
+    assert os.environ["MATFORGE_TEST_LAB_TOKEN"] == "set-by-hand"
+    monkeypatch.delenv("MATFORGE_TEST_LAB_TOKEN")
+    with pytest.raises(ValueError, match="evaluator.secrets.MATFORGE_TEST_LAB_TOKEN: cannot "
+                                         "read the Prefect Secret block 'no-such-block'"):
+        export_secrets({"MATFORGE_TEST_LAB_TOKEN": "no-such-block"})
+    with pytest.raises(ConfigError, match="evaluator.secrets.*not an environment variable"):
+        parse_config({"name": "s", "elements": ["Cu"],
+                      "evaluator": {"secrets": {"BAD-NAME": "lab-token"}}})
