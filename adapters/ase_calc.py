@@ -6,6 +6,7 @@ import abc
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -88,30 +89,47 @@ class ASECalculatorEvaluator(Evaluator):
         start = time.perf_counter()
         atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms, converged, n_steps = self.relax(atoms, logfile=str(workdir / "relax.log"))
-        energy = float(atoms.get_potential_energy())
-        forces = atoms.get_forces()
-        stress = atoms.get_stress(voigt=True)
-        if not (np.isfinite(energy) and np.isfinite(forces).all()):
-            raise EvaluationError(f"{type(self).__name__} returned a non-finite energy or forces")
-        n = len(atoms)
-        symbols = atoms.get_chemical_symbols()
-        reference = sum(self.reference_energy(s) for s in symbols)
-        relaxed = AseAtomsAdaptor.get_structure(atoms)
-        return EvaluationResult(
-            energy=energy,
-            energy_per_atom=energy / n,
-            formation_energy_per_atom=(energy - reference) / n,
-            forces=forces.tolist(),
-            stress=stress.tolist(),
-            structure=json.loads(relaxed.to_json()),
-            converged=converged,
-            n_steps=n_steps,
-            wall_time=time.perf_counter() - start,
-            properties={
-                "volume_per_atom": float(relaxed.volume / n),  # Å^3
-                "density": float(relaxed.density),  # g/cm^3
-            },
-        )
+        return relaxed_result(
+            atoms, lambda symbols: {s: self.reference_energy(s) for s in symbols},
+            converged, n_steps, start, type(self).__name__, self.implemented_properties)
+
+
+def relaxed_result(atoms: Atoms, references: Callable[[list[str]], dict[str, float]],
+                   converged: bool, n_steps: int, started: float, code: str,
+                   declared) -> EvaluationResult:
+    """The result of a relaxation that ended at ``atoms`` (their calculator holds the final
+    energy, forces and stress), with the formation energy against ``references(symbols)``
+    (energies per atom of the elements) and those of ``volume_per_atom`` (Å^3), ``density``
+    (g/cm^3) and ``pressure`` (GPa) that the adapter ``declared``. Raises
+    EvaluationError, before any reference is computed, when ``code`` gave a non-finite
+    energy or forces."""
+    energy = float(atoms.get_potential_energy())
+    forces = atoms.get_forces()
+    stress = atoms.get_stress(voigt=True)
+    formula = atoms.get_chemical_formula(mode="reduce")
+    if not (np.isfinite(energy) and np.isfinite(forces).all()):
+        raise EvaluationError(f"{code} returned a non-finite energy or forces for {formula}")
+    n = len(atoms)
+    symbols = atoms.get_chemical_symbols()
+    energies = references(sorted(set(symbols)))
+    relaxed = AseAtomsAdaptor.get_structure(atoms)
+    properties = {
+        "volume_per_atom": float(relaxed.volume / n),
+        "density": float(relaxed.density),
+        "pressure": float(-stress[:3].mean() * 160.21766208),  # eV/Å^3 -> GPa
+    }
+    return EvaluationResult(
+        energy=energy,
+        energy_per_atom=energy / n,
+        formation_energy_per_atom=(energy - sum(energies[s] for s in symbols)) / n,
+        forces=forces.tolist(),
+        stress=stress.tolist(),
+        structure=json.loads(relaxed.to_json()),
+        converged=converged,
+        n_steps=n_steps,
+        wall_time=time.perf_counter() - started,
+        properties={k: v for k, v in properties.items() if k in declared},
+    )
 
 
 class EMTEvaluator(ASECalculatorEvaluator):

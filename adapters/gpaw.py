@@ -23,7 +23,6 @@ have no reference here: their formation energies raise :class:`EvaluationError`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from ase.optimize import BFGS
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from matforge.adapters.ase_calc import ASECalculatorEvaluator
+from matforge.adapters.ase_calc import ASECalculatorEvaluator, relaxed_result
 from matforge.adapters.base import EvaluationError, EvaluationResult, Resources, shared_references
 from matforge.adapters.espresso import kpoints
 from matforge.adapters.fileio import Profile, load_profile
@@ -200,33 +199,13 @@ class GPAWEvaluator(ASECalculatorEvaluator):
         with threadpool_limits(limits=get_settings().threads_per_process(), user_api="blas"):
             atoms, converged, steps = self.relax(atoms, str(workdir / "relax.log"),
                                                  str(workdir / "gpaw.txt"))
-            energy = float(atoms.get_potential_energy())
-            forces, stress = atoms.get_forces(), atoms.get_stress(voigt=True)
-            symbols = atoms.get_chemical_symbols()
             directory = workdir.parent
-            references = shared_references(
-                directory, self.name, self.parameters(), sorted(set(symbols)),
-                lambda s: self.reference_energy(s, directory / "gpaw-references" / s))
-        if not (np.isfinite(energy) and np.isfinite(forces).all()):
-            raise EvaluationError("GPAW returned a non-finite energy or forces for "
-                                  f"{structure.composition.reduced_formula}")
-        n = len(atoms)
-        relaxed = AseAtomsAdaptor.get_structure(atoms)
-        return EvaluationResult(
-            energy=energy,
-            energy_per_atom=energy / n,
-            formation_energy_per_atom=(energy - sum(references[s] for s in symbols)) / n,
-            forces=forces.tolist(),
-            stress=stress.tolist(),
-            structure=json.loads(relaxed.to_json()),
-            converged=converged,
-            n_steps=steps,
-            wall_time=time.perf_counter() - start,
-            properties={
-                "volume_per_atom": float(relaxed.volume / n),
-                "pressure": float(-stress[:3].mean() * 160.21766208),  # eV/Å^3 -> GPa
-            },
-        )
+            return relaxed_result(
+                atoms,
+                lambda symbols: shared_references(
+                    directory, self.name, self.parameters(), symbols,
+                    lambda s: self.reference_energy(s, directory / "gpaw-references" / s)),
+                converged, steps, start, "GPAW", self.implemented_properties)
 
     @classmethod
     def conformance_structure(cls) -> Structure:

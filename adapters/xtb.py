@@ -46,7 +46,7 @@ from ase.optimize import BFGS
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from matforge.adapters.ase_calc import ASECalculatorEvaluator
+from matforge.adapters.ase_calc import ASECalculatorEvaluator, relaxed_result
 from matforge.adapters.base import EvaluationError, EvaluationResult, Resources, shared_references
 from matforge.engine.materials.structures import atomic_volume
 
@@ -319,32 +319,11 @@ class TBLiteEvaluator(ASECalculatorEvaluator):
         _import_tblite()  # loaded first, so that the thread limit reaches its OpenMP
         with openmp_threads(threads):
             atoms, converged, steps = self.relax(atoms, str(workdir / "relax.log"), matrix)
-            energy = float(atoms.get_potential_energy())
-            forces, stress = atoms.get_forces(), atoms.get_stress(voigt=True)
-            symbols = atoms.get_chemical_symbols()
-            references = shared_references(workdir.parent, self.name, self.parameters(),
-                                           sorted(set(symbols)), self.reference_energy)
-        if not (np.isfinite(energy) and np.isfinite(forces).all()):
-            raise EvaluationError(f"tblite returned a non-finite energy or forces for "
-                                  f"{structure.composition.reduced_formula}")
-        n = len(atoms)
-        relaxed = AseAtomsAdaptor.get_structure(atoms)
-        return EvaluationResult(
-            energy=energy,
-            energy_per_atom=energy / n,
-            formation_energy_per_atom=(energy - sum(references[s] for s in symbols)) / n,
-            forces=forces.tolist(),
-            stress=stress.tolist(),
-            structure=json.loads(relaxed.to_json()),
-            converged=converged,
-            n_steps=steps,
-            wall_time=time.perf_counter() - start,
-            properties={
-                "volume_per_atom": float(relaxed.volume / n),
-                "density": float(relaxed.density),
-                "pressure": float(-stress[:3].mean() * 160.21766208),  # eV/Å^3 -> GPa
-            },
-        )
+            return relaxed_result(
+                atoms,
+                lambda symbols: shared_references(workdir.parent, self.name, self.parameters(),
+                                                  symbols, self.reference_energy),
+                converged, steps, start, "tblite", self.implemented_properties)
 
     @classmethod
     def conformance_structure(cls) -> Structure:
