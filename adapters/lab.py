@@ -18,7 +18,7 @@ The instrument speaks a small JSON protocol, rooted at the ``url`` parameter:
 
 Requests carry ``Authorization: Bearer <token>``; the token is read when a request is
 made, from the environment variable named by ``token_env`` (a campaign run by Prefect
-may fill it from a Secret block: ``evaluator.secrets``), and is never written to the
+may fill it from a Secret block: ``evaluator.env_from_blocks``), and is never written to the
 parameters, the job
 handle, the result, a file or an error message. HTTPS is verified against the
 system's trust store or ``ca_file``; plain HTTP is refused except to this machine.

@@ -227,6 +227,14 @@ class AcquisitionSettings(_PluginSection):
     )
 
 
+class EnvFromBlock(_Section):
+    """An environment variable filled from a Prefect Secret block (the block's name and the
+    variable's are not secret; the value is never stored)."""
+
+    variable: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    block: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+
+
 class EvaluatorSettings(_Section):
     """Which adapter evaluates candidates and how its failures are handled.
 
@@ -257,23 +265,12 @@ class EvaluatorSettings(_Section):
         default_factory=lambda: ["TimeoutError", "ConnectionError"],
         description="exception class names (or base class names) that are retried",
     )
-    secrets: dict[str, str] = Field(
-        default_factory=dict,
+    env_from_blocks: list[EnvFromBlock] = Field(
+        default_factory=list,
         description="environment variables an adapter reads its secrets from, each filled "
-                    "from the Prefect Secret block named, where the variable is unset, "
-                    "before the campaign's evaluations start",
+                    "from a Prefect Secret block, where the variable is unset, before the "
+                    "campaign's evaluations start",
     )
-
-    @field_validator("secrets")
-    @classmethod
-    def _variable_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, block in v.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"{name!r} is not an environment variable name")
-            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", block):
-                raise ValueError(f"{block!r} is not a Prefect block name (lowercase letters, "
-                                 "digits and dashes)")
-        return v
 
     @field_serializer("parameters", when_used="json")
     def _redact_secrets(self, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -134,21 +134,23 @@ def review_artifact_task(config: CampaignConfig, campaign_id: int) -> None:
 _stores: dict[str, CampaignStore] = {}
 
 
-def export_secrets(secrets: dict[str, str]) -> None:
-    """Fill each environment variable of ``evaluator.secrets`` that is unset from the Prefect
-    Secret block it names, so adapters (which never import Prefect) read their tokens from
+def export_secrets(env_from_blocks) -> None:
+    """Fill each environment variable of ``evaluator.env_from_blocks`` that is unset from the
+    Prefect Secret block it names, so adapters (which never import Prefect) read their tokens from
     the environment; the value is never stored or logged. Raises ValueError naming a block
     that cannot be read."""
     from prefect.blocks.system import Secret
 
-    for variable, block in secrets.items():
+    for entry in env_from_blocks:
+        variable, block = entry.variable, entry.block
         if os.environ.get(variable):
             continue
         try:
             value = Secret.load(block).get()
         except Exception as error:  # a missing block is a ValueError; a lost server others
-            raise ValueError(f"evaluator.secrets.{variable}: cannot read the Prefect Secret "
-                             f"block {block!r} ({type(error).__name__})") from None
+            raise ValueError(f"evaluator.env_from_blocks: {variable}: cannot read the "
+                             f"Prefect Secret block {block!r} ({type(error).__name__})"
+                             ) from None
         os.environ[variable] = str(value)
 
 
@@ -176,7 +178,7 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
     limit_threads()  # a deployment's worker does not pass through the CLI
     store = _store(config.store)
     # before the evaluations' fork server starts, which keeps the environment it started with
-    export_secrets(config.evaluator.secrets)
+    export_secrets(config.evaluator.env_from_blocks)
     # a deployment's run is checked like the command line's: adapters, properties, resources
     config, evaluator, screener = build_evaluators(config, source=f"campaign {config.name!r}")
     campaign_id = None

@@ -106,16 +106,25 @@ def test_an_adapters_token_comes_from_a_prefect_secret_block_into_its_environmen
     from matforge.flows.campaign import export_secrets
 
     Secret(value="tok-from-block").save("matforge-test-lab-token", overwrite=True)
+    config = parse_config({"name": "s", "elements": ["Cu"], "evaluator": {"env_from_blocks": [
+        {"variable": "MATFORGE_TEST_LAB_TOKEN", "block": "matforge-test-lab-token"}]}})
+    blocks = config.evaluator.env_from_blocks
     monkeypatch.delenv("MATFORGE_TEST_LAB_TOKEN", raising=False)
-    export_secrets({"MATFORGE_TEST_LAB_TOKEN": "matforge-test-lab-token"})
+    export_secrets(blocks)
     assert os.environ["MATFORGE_TEST_LAB_TOKEN"] == "tok-from-block"
     monkeypatch.setenv("MATFORGE_TEST_LAB_TOKEN", "set-by-hand")  # the environment comes first
-    export_secrets({"MATFORGE_TEST_LAB_TOKEN": "matforge-test-lab-token"})
+    export_secrets(blocks)
     assert os.environ["MATFORGE_TEST_LAB_TOKEN"] == "set-by-hand"
     monkeypatch.delenv("MATFORGE_TEST_LAB_TOKEN")
-    with pytest.raises(ValueError, match="evaluator.secrets.MATFORGE_TEST_LAB_TOKEN: cannot "
-                                         "read the Prefect Secret block 'no-such-block'"):
-        export_secrets({"MATFORGE_TEST_LAB_TOKEN": "no-such-block"})
-    with pytest.raises(ConfigError, match="evaluator.secrets.*not an environment variable"):
-        parse_config({"name": "s", "elements": ["Cu"],
-                      "evaluator": {"secrets": {"BAD-NAME": "lab-token"}}})
+    missing = parse_config({"name": "s", "elements": ["Cu"], "evaluator": {"env_from_blocks": [
+        {"variable": "MATFORGE_TEST_LAB_TOKEN", "block": "no-such-block"}]}})
+    with pytest.raises(ValueError, match="evaluator.env_from_blocks: MATFORGE_TEST_LAB_TOKEN: "
+                                         "cannot read the Prefect Secret block 'no-such-block'"):
+        export_secrets(missing.evaluator.env_from_blocks)
+    with pytest.raises(ConfigError, match="env_from_blocks"):
+        parse_config({"name": "s", "elements": ["Cu"], "evaluator": {"env_from_blocks": [
+            {"variable": "BAD-NAME", "block": "lab-token"}]}})
+    # stored and read back as it was written: neither field looks secret, nothing is redacted
+    from matforge.engine.store.sql import redact
+
+    assert parse_config(redact(config.model_dump(mode="json"))) == config
