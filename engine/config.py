@@ -308,6 +308,88 @@ class ScreenSettings(_Section):
         return redact(parameters)
 
 
+class SlurmSettings(_Section):
+    """How evaluations (``executor.kind: slurm``) or Dask workers (``executor.dask.cluster:
+    slurm``) are submitted to Slurm. Each job asks for the adapter's resources (cores,
+    memory, walltime, GPUs); these fields add what a site needs."""
+
+    partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.,\-]+$")
+    account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    qos: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    directives: list[str] = Field(
+        default_factory=list,
+        description="further sbatch options, one per entry, e.g. '--constraint=cpu'")
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell lines run before the evaluation, e.g. 'module load vasp/6.4'")
+    template: str | None = Field(
+        None, description="a job script template replacing the built-in one (fields as in "
+                          "matforge.engine.loop.slurm.TEMPLATE)")
+    python: str | None = Field(
+        None, description="Python interpreter on the compute nodes (default: this one)")
+    poll_interval: float = Field(5.0, ge=0.1, le=3600,
+                                 description="seconds between looks at the queue")
+
+    @field_validator("directives")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        for option in v:
+            if not re.fullmatch(r"--?[A-Za-z][A-Za-z0-9\-]*(=\S+| \S+)?", option):
+                raise ValueError(f"{option!r} is not one sbatch option ('--name=value')")
+        return v
+
+
+class DaskSettings(_Section):
+    """A Dask cluster for ``executor.kind: dask``: a running scheduler (``address``), or one
+    started for the run: a ``LocalCluster`` or a ``dask_jobqueue.SLURMCluster`` whose
+    workers are Slurm jobs (sized by the adapter's resources, submitted per ``slurm``)."""
+
+    address: str | None = Field(None, description="a running scheduler, e.g. tcp://host:8786")
+    cluster: Literal["local", "slurm"] = "local"
+    n_workers: int = Field(2, ge=1, le=10_000, description="worker processes (or Slurm jobs)")
+
+
+class ExecutorSettings(_Section):
+    """Where evaluations run.
+
+    ``local``: child processes of the campaign's process, ``workers`` at a time.
+    ``dask``: tasks on a Dask cluster (``dask``). ``slurm``: one ``sbatch`` job per
+    evaluation, at most ``workers`` in the queue at once. ``limits`` names Prefect global
+    concurrency limits (with their slots) each evaluation holds one slot of, e.g. a
+    licence; ``gpus`` lists this host's GPU devices for GPU evaluations (resources.gpus):
+    each holds a slot of a limit with one slot per device and runs with
+    ``CUDA_VISIBLE_DEVICES`` set to the device(s) it was given. Under Slurm, GPUs are
+    GRES instead (``--gres=gpu:N``).
+    """
+
+    kind: Literal["local", "dask", "slurm"] = "local"
+    workers: int | None = Field(
+        None, ge=1, le=10_000,
+        description="concurrent evaluations (local) or jobs in the queue (slurm); "
+                    "default MATFORGE_WORKERS (local), batch_size (slurm)")
+    limits: dict[str, int] = Field(default_factory=dict)
+    gpus: list[int] | None = Field(None, min_length=1)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+    dask: DaskSettings = Field(default_factory=DaskSettings)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, slots in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", name):
+                raise ValueError(f"limit name {name!r}: letters, digits, '_', '.', '-' only")
+            if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+                raise ValueError(f"limit {name!r}: slots must be a whole number >= 1")
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _devices(cls, v):
+        if v is not None and (len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError("GPU devices are distinct whole numbers >= 0")
+        return v
+
+
 class AnomalySettings(_Section):
     enabled: bool = True
     min_samples: int = Field(4, ge=2, description="DBSCAN min_samples")
@@ -348,6 +430,7 @@ class CampaignConfig(_Section):
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
     screen: ScreenSettings | None = Field(
         None, description="a cheap evaluator run on every candidate before selection")
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
     store: str = Field("sqlite:///matforge.db", repr=False,  # a repr may reach a log line
                        description="SQLAlchemy URL of the campaign store")

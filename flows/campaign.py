@@ -2,104 +2,32 @@
 
 The round's science, budget and resume rules live in
 :func:`matforge.engine.loop.round.run_campaign`; this module only gives it a
-dispatcher that runs each evaluation as a task (with the adapter's timeout and
-retries), runs each stage as a task so it shows in the UI, logs each round and
-publishes the needs-review table.
+dispatcher that runs each evaluation as a task where the campaign's ``executor``
+says (:mod:`matforge.flows.executors`: local processes, Dask, Slurm jobs), runs
+each stage as a task so it shows in the UI, logs each round and publishes the
+needs-review table.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from matforge.adapters import load_evaluator
+from matforge.adapters.base import check_resources
 from matforge.adapters.registry import build_evaluators
-from matforge.engine.config import CampaignConfig, EvaluatorSettings
-from matforge.engine.loop.round import Work, describe_error, evaluate_claimed, run_campaign
-from matforge.engine.settings import get_settings, limit_threads
+from matforge.engine.config import CampaignConfig
+from matforge.engine.loop.round import run_campaign
+from matforge.engine.settings import limit_threads
 from matforge.engine.store.records import RoundResult
 from matforge.engine.store.sql import CampaignStore, Owner
+from matforge.flows.executors import dispatcher
 
 TASK = dict(cache_policy=NO_CACHE, persist_result=False)
-
-
-@task(**TASK, task_run_name="evaluate-{label}")
-def evaluate_task(
-    store_url: str, work: Work, objective: str, adapter: str, parameters: dict, label: str
-) -> str:
-    """Run the adapter on one claimed structure and store the outcome; returns its status.
-
-    Exceptions propagate so the task's retry policy can act on them; the
-    dispatcher records what is left after the last retry.
-    """
-    return evaluate_claimed(_store(store_url), work, objective,
-                            partial(load_evaluator, adapter, parameters))
-
-
-def retry_policy(settings: EvaluatorSettings) -> dict[str, Any]:
-    """Prefect task options for an adapter's retries.
-
-    Retries wait ``retry_backoff`` seconds, doubling each time, and happen only
-    for exceptions whose class or a base class is named in ``retry_on``. The
-    timeout is not Prefect's (a thread cannot be stopped): the evaluation's own
-    process is killed at its deadline and raises ``TimeoutError``.
-    """
-    retryable = set(settings.retry_on)
-
-    def should_retry(task, task_run, state) -> bool:
-        try:
-            state.result()
-        except Exception as error:
-            return any(cls.__name__ in retryable for cls in type(error).__mro__)
-        return False
-
-    options: dict[str, Any] = {"retries": settings.retries}
-    if settings.retries:
-        options["retry_delay_seconds"] = [
-            settings.retry_backoff * 2**i for i in range(settings.retries)
-        ]
-        options["retry_condition_fn"] = should_retry
-    return options
-
-
-def task_dispatcher(config: CampaignConfig, store: CampaignStore):
-    """A dispatcher that evaluates claimed work concurrently, one task per evaluation.
-
-    An evaluation that still fails after its retries is stored as ``failed``
-    with the error, and the campaign goes on.
-    """
-    ev = config.evaluator
-    evaluate = evaluate_task.with_options(**retry_policy(ev))
-
-    def dispatch(work: list[Work]) -> None:
-        logger = get_run_logger()
-        futures = {
-            evaluate.submit(config.store, item, config.objective.property, ev.adapter,
-                            ev.parameters, item.label): item
-            for item in work
-        }
-        for future in as_completed(list(futures)):
-            item = futures[future]
-            future.wait()
-            if future.state.is_completed():
-                continue
-            try:
-                future.result()
-                error = future.state.message or "evaluation failed"
-            except Exception as exc:
-                error = describe_error(exc)
-            store.complete(item.evaluation_id, "failed", error=error, owner=item.owner)
-            logger.warning("evaluation %s failed: %s", item.evaluation_id, error)
-
-    return dispatch
 
 
 def stage_task(name: str, function, *args):
@@ -164,8 +92,7 @@ def _store(url: str) -> CampaignStore:
     return _stores[url]
 
 
-@flow(name="campaign", log_prints=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=get_settings().workers))
+@flow(name="campaign", log_prints=True)
 def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str, Any]:
     """Run rounds until the campaign's budget of evaluations is spent.
 
@@ -199,5 +126,7 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
         logger.warning("campaign %s is being run by %s; waiting until it ends or its "
                        "lease expires", config.name, owner.describe())
 
-    return run_campaign(config, store, evaluator, task_dispatcher(config, store), stage_task,
-                        on_round, new_config=new_config, on_wait=on_wait, screener=screener)
+    resources = check_resources(config, type(evaluator), f"campaign {config.name!r}")
+    with dispatcher(config, store, resources) as dispatch:
+        return run_campaign(config, store, evaluator, dispatch, stage_task, on_round,
+                            new_config=new_config, on_wait=on_wait, screener=screener)

@@ -123,3 +123,51 @@ def pg_url():
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "local-slurm.sh"
+
+
+def _free_port_pair() -> int:
+    """A port p with nothing listening on p and p + 1 (slurmctld, slurmd) on 127.0.0.1."""
+    for _ in range(50):
+        port = _free_port()
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two free consecutive ports")
+
+
+@pytest.fixture(scope="session")
+def local_slurm(tmp_path_factory):
+    """A real single-node Slurm (deploy/local-slurm.sh) for this test session; its
+    SLURM_CONF is set in os.environ, so sbatch/squeue here and in the processes tests start
+    talk to it. Skips where Slurm or root is missing."""
+    import shutil
+
+    sbin = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    if shutil.which("slurmctld", path=sbin) is None or shutil.which("munged", path=sbin) is None:
+        pytest.skip("Slurm is not installed (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("slurmd runs only as root")
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, MATFORGE_SLURM_DIR=str(state),
+               MATFORGE_SLURM_PORT=str(_free_port_pair()))
+    started = subprocess.run([str(SLURM_SCRIPT), "start"], env=env, capture_output=True,
+                             text=True, timeout=180)
+    if started.returncode != 0:
+        subprocess.run([str(SLURM_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+        pytest.fail(f"local-slurm.sh start failed:\n{started.stderr}")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    subprocess.run([str(SLURM_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous

@@ -91,8 +91,9 @@ def release_signals() -> None:
         os.killpg(0, signal.SIGKILL)
 
 
-def _child(connection, function: Callable, args: tuple) -> None:
+def _child(connection, function: Callable, args: tuple, env: dict[str, str] | None) -> None:
     os.setsid()
+    os.environ.update(env or {})  # the slot's GPU and thread count, before anything reads them
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
     _die_with_parent()
@@ -125,8 +126,11 @@ def _kill_group(process) -> None:
             return
 
 
-def run_isolated(function: Callable, args: tuple, timeout: float | None, label: str = "") -> Any:
-    """``function(*args)`` in a child process; its exception is raised here.
+def run_isolated(function: Callable, args: tuple, timeout: float | None, label: str = "",
+                 env: dict[str, str] | None = None) -> Any:
+    """``function(*args)`` in a child process (with ``env`` added to its environment, e.g.
+    ``CUDA_VISIBLE_DEVICES`` and ``MATFORGE_THREADS`` of its slot); its exception is raised
+    here.
 
     Raises :class:`EvaluationTimeout` after ``timeout`` seconds (None: no limit),
     once the child's process group is killed, and :class:`ChildDied` if the child
@@ -135,7 +139,7 @@ def run_isolated(function: Callable, args: tuple, timeout: float | None, label: 
     """
     context = _get_context()
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, function, args),
+    process = context.Process(target=_child, args=(send, function, args, env),
                               name=f"evaluate-{label}", daemon=False)
     process.start()
     send.close()

@@ -56,14 +56,14 @@ def read_result(workdir: str | Path, key: str) -> dict[str, Any] | None:
 
 def evaluate_isolated(make_evaluator: Callable[[], Any], structure: Structure,
                       workdir: str | Path, key: str, timeout: float | None,
-                      label: str = "") -> dict[str, Any]:
+                      label: str = "", env: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate ``structure`` in a child process that is killed at ``timeout``
     (:func:`~matforge.engine.loop.isolate.run_isolated`) and return the result it wrote
     to ``workdir``; the adapter's own exception is raised here."""
     from matforge.engine.loop.isolate import ChildDied, run_isolated
 
     run_isolated(evaluate_to_file, (make_evaluator, structure.as_dict(), str(workdir), key),
-                 timeout, label)
+                 timeout, label, env)
     result = read_result(workdir, key)
     if result is None:
         raise ChildDied(f"evaluation {label}: the adapter returned but no result was written "

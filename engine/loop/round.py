@@ -130,7 +130,8 @@ def _counted():
 
 
 def evaluate_claimed(
-    store: CampaignStore, work: Work, objective: str, make_evaluator: Callable[[], Evaluator]
+    store: CampaignStore, work: Work, objective: str, make_evaluator: Callable[[], Evaluator],
+    env: dict[str, str] | None = None,
 ) -> str:
     """Run the adapter on one claimed structure and store the outcome; returns its status.
 
@@ -138,7 +139,8 @@ def evaluate_claimed(
     that is killed with everything it started at ``work.timeout``, and that writes the
     result to the evaluation's directory before the store commits it. A result found
     there (the run that paid for it died before its commit) is collected, not paid for
-    again. ``make_evaluator`` builds the adapter in the child, so it must pickle (e.g.
+    again. ``env`` is added to the child's environment (its slot's GPU devices and thread
+    count). ``make_evaluator`` builds the adapter in the child, so it must pickle (e.g.
     ``functools.partial(load_evaluator, name, parameters)``). Exceptions from the adapter
     propagate, so a dispatcher's retry policy can act on them; work whose result is
     already committed is not run again.
@@ -156,7 +158,7 @@ def evaluate_claimed(
                                error=f"candidate {work.label}: rejected input: {error}")
                 return store.status(work.evaluation_id)
             result = evaluate_isolated(make_evaluator, work.structure, work.workdir, work.key,
-                                       work.timeout, work.label)
+                                       work.timeout, work.label, env)
         return record_result(store, work.evaluation_id, objective, len(work.structure), result,
                              work.owner)
 

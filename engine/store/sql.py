@@ -71,7 +71,7 @@ from matforge.engine.store.records import RoundRecord, RoundResult
 
 STATUSES = ("running", "accepted", "needs_review", "rejected", "failed")
 FINISHED = ("accepted", "needs_review", "rejected", "failed")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the tables below; bump it and append to :data:`MIGRATIONS` on every change."""
 
 REDACTED = "***"
@@ -295,6 +295,7 @@ class EvaluationRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     wall_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    job: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class OwnerRow(Base):
@@ -347,6 +348,9 @@ class Evaluation:
     error: str | None
     key: str | None = None
     owner: str | None = None
+    job: dict | None = None
+    """Where the evaluation runs, once dispatched to a scheduler (``{"kind": "slurm", "id":
+    ..., "log": ...}``): stored before the job may start, so a resumed run re-attaches."""
 
     def input_structure(self) -> Structure:
         return Structure.from_dict(self.structure)
@@ -453,7 +457,7 @@ def _migrate_1_to_2(conn: Connection) -> None:
     candidates = CandidateRow.__table__
     campaigns = CampaignRow.__table__
     # later versions' columns are not in a version-1 table (the rebuilt table has them)
-    v1_columns = [c for c in evaluations.columns if c.name not in ("key", "owner")]
+    v1_columns = [c for c in evaluations.columns if c.name not in ("key", "owner", "job")]
     old = conn.execute(
         select(
             *v1_columns,
@@ -498,7 +502,17 @@ def _migrate_2_to_3(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE evaluations ADD COLUMN owner VARCHAR(32)"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Version 4 records where a claimed evaluation runs (``job``: a Slurm job id and log),
+    so a resumed run re-attaches to it instead of submitting it again."""
+    columns = {c["name"] for c in inspect(conn).get_columns("evaluations")}
+    if "job" not in columns:
+        kind = "JSON" if conn.dialect.name == "postgresql" else "TEXT"
+        conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN job {kind}"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 """``MIGRATIONS[v]`` turns a version-``v`` database into version ``v + 1``."""
 
 
@@ -825,6 +839,24 @@ class CampaignStore:
             row.finished_at = utcnow()
             return True
 
+    def set_job(self, evaluation_id: int, job: dict | None, owner: str | None = None) -> bool:
+        """Record where a running evaluation's job runs (None: it has none any more, e.g.
+        before a retry submits a new one). Returns False, changing nothing, when the
+        evaluation has finished or another run owns its claim."""
+        with self._session.begin() as s:
+            row = s.get(EvaluationRow, evaluation_id)
+            if row is None:
+                raise KeyError(f"no evaluation {evaluation_id}")
+            if row.status != "running" or owner is not None and row.owner not in (None, owner):
+                return False
+            row.job = None if job is None else json_safe(job)
+            return True
+
+    def job(self, evaluation_id: int) -> dict | None:
+        """The job recorded for one evaluation (None: none)."""
+        with self._session() as s:
+            return s.scalar(select(EvaluationRow.job).where(EvaluationRow.id == evaluation_id))
+
     def status(self, evaluation_id: int) -> str:
         """The current status of one evaluation."""
         with self._session() as s:
@@ -883,6 +915,7 @@ class CampaignStore:
                     error=e.error,
                     key=e.key,
                     owner=e.owner,
+                    job=e.job,
                 )
                 for e, c in s.execute(q)
             ]

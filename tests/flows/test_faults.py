@@ -15,7 +15,8 @@ from matforge.engine.loop.round import Work
 from matforge.engine.loop.round import training_set as _training
 from matforge.engine.materials.structures import fingerprint
 from matforge.engine.store.sql import CampaignStore
-from matforge.flows.campaign import campaign_flow, evaluate_task, retry_policy
+from matforge.flows.campaign import campaign_flow
+from matforge.flows.executors import evaluate_task, retry_policy
 
 RETRIES = 1
 TIMEOUT = 3.0

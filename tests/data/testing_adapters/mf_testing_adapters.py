@@ -18,7 +18,13 @@ from pathlib import Path
 from pymatgen.core import Structure
 
 from matforge.adapters.ase_calc import EMTEvaluator
-from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator, JobEvaluator
+from matforge.adapters.base import (
+    EvaluationError,
+    EvaluationResult,
+    Evaluator,
+    JobEvaluator,
+    Resources,
+)
 from matforge.engine.loop.results import hold_termination
 from matforge.engine.materials.structures import fingerprint
 
@@ -36,21 +42,31 @@ class LedgerEMTEvaluator(EMTEvaluator):
     ----------
     ledger : path of the ledger file (appended to)
     fmax, max_steps, relax_cell : as :class:`EMTEvaluator`
+    delay : seconds of ``time.sleep`` before the relaxation (a longer calculation)
+
+    After the pid the line names where the call ran: the evaluation process's
+    grandparent (the process that started its fork server: the campaign's process,
+    a Dask worker) and the Slurm job (``-`` outside one).
     """
 
     name = "emt-ledger"
     path_parameters = ("ledger",)
 
     def __init__(
-        self, ledger: str, fmax: float = 0.05, max_steps: int = 300, relax_cell: bool = True
+        self, ledger: str, fmax: float = 0.05, max_steps: int = 300, relax_cell: bool = True,
+        delay: float = 0.0,
     ):
         super().__init__(fmax=fmax, max_steps=max_steps, relax_cell=relax_cell)
         self.ledger = str(ledger)
+        self.delay = float(delay)
 
     def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
+        time.sleep(self.delay)
         result = super().evaluate(structure, workdir)
         hold_termination()  # paid from the ledger line on: a kill now waits for the result file
-        line = f"{fingerprint(structure)} {result.energy!r} {os.getpid()}\n"
+        grandparent = Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        line = (f"{fingerprint(structure)} {result.energy!r} {os.getpid()} {grandparent} "
+                f"{os.environ.get('SLURM_JOB_ID', '-')}\n")
         fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())
@@ -148,6 +164,27 @@ class SleepEvaluator(Evaluator):
         else:
             subprocess.run(["sleep", str(self.seconds)], check=True)
         return EvaluationResult(energy=-1.0 * len(structure), energy_per_atom=-1.0)
+
+
+class GPUSleepEvaluator(SleepEvaluator):
+    """:class:`SleepEvaluator` that needs one GPU (``resources.gpus``) and appends
+    ``<start> <end> <CUDA_VISIBLE_DEVICES>`` to ``log`` for each call, to show slots."""
+
+    name = "gpu-sleep"
+    resources = Resources(gpus=1)
+    path_parameters = ("log",)
+
+    def __init__(self, log: str, seconds: float = 2.0):
+        super().__init__(seconds=seconds)
+        self.log = str(log)
+
+    def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
+        start = time.time()
+        result = super().evaluate(structure, workdir)
+        with open(self.log, "a") as handle:
+            handle.write(f"{start!r} {time.time()!r} "
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n")
+        return result
 
 
 class ProcessJob(JobEvaluator):
