@@ -83,3 +83,96 @@ def test_a_campaign_whose_evaluations_are_slurm_jobs_completes_its_budget(
         assert e.job["kind"] == "slurm" and Path(e.job["log"]).is_file()
         script = Path(e.job["log"]).parent / "matforge-job.sh"
         assert "#SBATCH --cpus-per-task=1" in script.read_text()
+
+
+def _squeue(name_prefix: str = "mf-") -> list[tuple[str, str, str]]:
+    """(job id, name, state) of the queued and running jobs."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T"], capture_output=True, text=True,
+                         check=True).stdout
+    rows = [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+    return [r for r in rows if r[1].startswith(name_prefix)]
+
+
+def _matforge_run(path: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "matforge.flows.cli", "run", str(path)],
+                            cwd=path.parent, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(path.parent / "stderr.log", "ab"),
+                            start_new_session=True)
+
+
+def _wait(condition, timeout: float, what: str, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the campaign ended ({process.returncode}) before {what}")
+        time.sleep(0.2)
+    pytest.fail(f"not within {timeout} s: {what}")
+
+
+def test_a_campaign_killed_while_its_jobs_run_re_attaches_and_collects_each_once(
+    prefect_server, testing_adapters, local_slurm, tmp_path
+):
+    """SIGKILL to the campaign's process while Slurm jobs are queued and running; the
+    restarted campaign polls the same jobs and commits each result once."""
+    config = _config(tmp_path, "slurm-kill", {"kind": "slurm", "slurm": {"poll_interval": 0.5}},
+                     budget=6, batch_size=6)
+    config["evaluator"]["parameters"]["delay"] = 6.0
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "MATFORGE_LEASE": "3",
+           "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    first = _matforge_run(path, env)
+    # the node has 2 CPUs: 2 jobs run, 4 wait
+    states = _wait(lambda: (lambda s: s if {"RUNNING", "PENDING"} <= s else None)(
+        {state for _, _, state in _squeue()}), 240, "jobs running and pending", first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert {"RUNNING", "PENDING"} <= states
+    submitted = {job for job, _, _ in _squeue()}
+    assert len(_ledger(tmp_path)) < 6  # killed before every job was done
+
+    second = _matforge_run(path, env)
+    assert second.wait(timeout=400) == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    evaluations = _evaluations(tmp_path, "slurm-kill")
+    assert [e.status for e in evaluations] == ["accepted"] * 6
+    lines = _ledger(tmp_path)
+    paid = Counter(line[0] for line in lines)
+    assert sorted(paid) == sorted(e.fingerprint for e in evaluations)
+    assert set(paid.values()) == {1}  # none paid twice, none lost
+    jobs = [e.job["id"] for e in evaluations]
+    assert len(set(jobs)) == 6 and submitted <= set(jobs)  # the queued jobs were re-attached
+    assert sorted(line[4] for line in lines) == sorted(jobs)
+    logs = list((tmp_path / "runs").rglob("slurm-*.out"))
+    assert len(logs) == 6  # six jobs ran in all: no second submission
+
+
+def test_a_cancelled_job_fails_with_the_reason_and_a_job_past_its_walltime_is_a_timeout(
+    prefect_server, testing_adapters, local_slurm, tmp_path
+):
+    config = _config(
+        tmp_path, "slurm-lost", {"kind": "slurm", "slurm": {"poll_interval": 0.5}},
+        budget=2, batch_size=2,
+        evaluator={"adapter": "sleep", "parameters": {"seconds": 400},
+                   "resources": {"walltime": 30.0}})
+    config["objective"] = {"property": "energy_per_atom", "direction": "minimize"}
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server,
+           "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    run = _matforge_run(path, env)
+    running = _wait(lambda: [j for j, _, s in _squeue() if s == "RUNNING"] or None, 240,
+                    "a running job", run)
+    cancelled = running[0]
+    subprocess.run(["scancel", cancelled], check=True)
+    # the other job runs into its 1-minute limit; the campaign goes on and ends
+    assert run.wait(timeout=300) == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    by_job = {e.job: e for e in _evaluations(tmp_path, "slurm-lost")}
+    assert all(job is None for job in by_job)  # forgotten once failed: a retry would resubmit
+    failed = [e for e in _evaluations(tmp_path, "slurm-lost")]
+    assert [e.status for e in failed] == ["failed", "failed"]
+    errors = sorted(e.error for e in failed)
+    assert any(f"Slurm job {cancelled} was cancelled" in e and "JobLost" in e for e in errors)
+    assert any("passed its walltime (TIMEOUT)" in e and "EvaluationTimeout" in e for e in errors)
