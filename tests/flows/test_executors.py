@@ -176,3 +176,80 @@ def test_a_cancelled_job_fails_with_the_reason_and_a_job_past_its_walltime_is_a_
     errors = sorted(e.error for e in failed)
     assert any(f"Slurm job {cancelled} was cancelled" in e and "JobLost" in e for e in errors)
     assert any("passed its walltime (TIMEOUT)" in e and "EvaluationTimeout" in e for e in errors)
+
+
+def _runs_elsewhere(lines: list[list[str]]) -> set[str]:
+    """The processes that started each evaluation's fork server (the ledger's 4th column);
+    none is this test process, where the flow runs."""
+    starters = {line[3] for line in lines}
+    assert str(os.getpid()) not in starters
+    return starters
+
+
+def test_a_campaign_on_a_dask_local_cluster_of_two_worker_processes(
+    prefect_server, testing_adapters, tmp_path
+):
+    config = _config(tmp_path, "dask-local",
+                     {"kind": "dask", "dask": {"cluster": "local", "n_workers": 2}})
+    summary = _run(config)
+    assert summary["by_status"] == {"accepted": 4}
+    lines = _ledger(tmp_path)
+    assert len(lines) == 4 and len({line[0] for line in lines}) == 4
+    assert 1 <= len(_runs_elsewhere(lines)) <= 2  # the two Dask workers
+
+
+def test_a_campaign_on_dask_workers_that_are_slurm_jobs(
+    prefect_server, testing_adapters, local_slurm, tmp_path
+):
+    config = _config(tmp_path, "dask-slurm",
+                     {"kind": "dask", "dask": {"cluster": "slurm", "n_workers": 2}})
+    config["evaluator"]["resources"] = {"memory_gb": 1.0, "walltime": 600.0}
+    summary = _run(config)
+    assert summary["by_status"] == {"accepted": 4}
+    lines = _ledger(tmp_path)
+    assert len(lines) == 4 and len({line[0] for line in lines}) == 4
+    _runs_elsewhere(lines)
+    jobs = {line[4] for line in lines}
+    assert "-" not in jobs and 1 <= len(jobs) <= 2  # inside the workers' Slurm jobs
+    assert not _squeue("dask")  # the workers' jobs ended with the campaign
+
+
+def _intervals(log: Path) -> list[tuple[float, float, str]]:
+    rows = [line.split() for line in log.read_text().splitlines()]
+    return sorted((float(a), float(b), device) for a, b, device in rows)
+
+
+def test_one_gpu_slot_holds_the_second_gpu_evaluation_until_the_first_ends(
+    prefect_server, testing_adapters, tmp_path
+):
+    """Two GPU evaluations (resources.gpus = 1) on 2 workers: with one GPU device they run
+    one after the other, each given device 0; with two devices they overlap on 0 and 1."""
+    for devices in ([0], [0, 1]):
+        root = tmp_path / f"gpus-{len(devices)}"
+        log = root / "calls.txt"
+        config = _config(root, f"gpu-{len(devices)}", {"kind": "local", "workers": 2,
+                                                       "gpus": devices},
+                         budget=2, evaluator={"adapter": "gpu-sleep",
+                                              "parameters": {"log": str(log), "seconds": 2.0}})
+        config["objective"] = {"property": "energy_per_atom", "direction": "minimize"}
+        assert _run(config)["by_status"] == {"accepted": 2}
+        (s1, e1, d1), (s2, e2, d2) = _intervals(log)
+        if len(devices) == 1:
+            assert s2 >= e1 and d1 == d2 == "0"  # held until the first ended
+        else:
+            assert s2 < e1 and {d1, d2} == {"0", "1"}  # both slots at once, one GPU each
+
+
+def test_a_licence_limit_of_one_slot_serializes_evaluations(
+    prefect_server, testing_adapters, tmp_path
+):
+    licence = f"licence-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "calls.txt"
+    config = _config(tmp_path, "licence", {"kind": "local", "workers": 2, "limits": {licence: 1}},
+                     budget=2, evaluator={"adapter": "gpu-sleep",
+                                          "parameters": {"log": str(log), "seconds": 2.0},
+                                          "resources": {"gpus": 0}})
+    config["objective"] = {"property": "energy_per_atom", "direction": "minimize"}
+    assert _run(config)["by_status"] == {"accepted": 2}
+    (s1, e1, d1), (s2, e2, d2) = _intervals(log)
+    assert s2 >= e1 and d1 == d2 == "-"  # no GPU asked for: none given
