@@ -49,6 +49,7 @@ def build_evaluators(config, base: str | Path | None = None, source: str = "camp
     from matforge.engine.config import (
         ConfigError,
         check_elements,
+        check_executor,
         check_paths,
         check_properties,
         check_screen,
@@ -72,4 +73,5 @@ def build_evaluators(config, base: str | Path | None = None, source: str = "camp
         config = check_paths(config, base, adapter.path_parameters, source,
                              type(screener).path_parameters if screener else ())
     check_resources(config, adapter, source)
+    check_executor(config, source)
     return config, evaluator, screener

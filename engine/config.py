@@ -389,6 +389,16 @@ class ExecutorSettings(_Section):
             raise ValueError("GPU devices are distinct whole numbers >= 0")
         return v
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ExecutorSettings:
+        if self.gpus is not None and self.kind == "slurm":
+            raise ValueError("gpus: Slurm gives jobs their GPUs (GRES, from resources.gpus); "
+                             "list devices for the local and dask executors only")
+        if self.dask.address and self.dask.cluster == "slurm":
+            raise ValueError("dask: give a running scheduler's address or cluster: slurm, "
+                             "not both")
+        return self
+
 
 class AnomalySettings(_Section):
     enabled: bool = True
@@ -583,7 +593,39 @@ def check_paths(
             if isinstance(parameters.get(name), (str, os.PathLike)):
                 parameters[name] = under(f"screen.parameters.{name}", parameters[name])
         update["screen"] = config.screen.model_copy(update={"parameters": parameters})
+    slurm = config.executor.slurm
+    if slurm.template is not None:
+        slurm = slurm.model_copy(update={
+            "template": under("executor.slurm.template", slurm.template)})
+        update["executor"] = config.executor.model_copy(update={"slurm": slurm})
     return config.model_copy(update=update)
+
+
+def check_executor(config: CampaignConfig, source: str = "campaign") -> None:
+    """What the ``executor`` section needs on this machine: Slurm's commands for Slurm
+    jobs or workers, a readable job script template that runs the evaluation. Raises
+    :class:`ConfigError` naming the field."""
+    import shutil
+
+    executor = config.executor
+    on_slurm = executor.kind == "slurm" or (
+        executor.kind == "dask" and executor.dask.cluster == "slurm" and not executor.dask.address)
+    if on_slurm:
+        field = "executor.kind" if executor.kind == "slurm" else "executor.dask.cluster"
+        for command in ("sbatch", "squeue", "scontrol", "scancel"):
+            if shutil.which(command) is None:
+                raise ConfigError(f"{source}: field '{field}': slurm, but {command} is not on "
+                                  f"PATH (run on a Slurm login node, or load Slurm's module)")
+    template = executor.slurm.template
+    if template is not None:
+        try:
+            text = Path(template).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{source}: field 'executor.slurm.template': cannot read "
+                              f"{template} ({type(error).__name__})") from None
+        if "${spec}" not in text:
+            raise ConfigError(f"{source}: field 'executor.slurm.template': {template} never "
+                              f"uses ${{spec}}, so its job would not run the evaluation")
 
 
 def _clip(text: str) -> str:

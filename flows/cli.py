@@ -118,7 +118,21 @@ def _print_summary(config: CampaignConfig, summary: dict) -> None:
     for r in summary.get("running", []):
         state = "alive" if r["alive"] else "not alive: taken over when its lease expires"
         console.print(f"running #{r['evaluation']} {r['formula']} (round {r['round']}): "
-                      f"{r['owner']}, {state}")
+                      f"{r['owner']}, {state}{_job_line(r.get('job'))}")
+
+
+def _job_line(job: dict | None) -> str:
+    """``; Slurm job 123 RUNNING, log ...`` for an evaluation running as a Slurm job."""
+    if not job or job.get("kind") != "slurm":
+        return ""
+    from matforge.engine.loop.slurm import SlurmError, SlurmQueue
+
+    try:
+        state = SlurmQueue().state(str(job["id"]))
+        shown = "unknown to Slurm" if state is None else state.state
+    except SlurmError:
+        shown = "state unknown (Slurm does not answer here)"
+    return f"; Slurm job {job['id']} {shown}, log {job.get('log')}"
 
 
 def cmd_run(args) -> int:

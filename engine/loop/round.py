@@ -491,7 +491,7 @@ def summarize(
         "running": [
             {"evaluation": e.id, "formula": e.formula, "round": e.round,
              "owner": owners[e.owner].describe() if e.owner in owners else "no owner",
-             "alive": e.owner in owners and owners[e.owner].alive()}
+             "alive": e.owner in owners and owners[e.owner].alive(), "job": e.job}
             for e in evaluations
             if e.status == "running"
         ],

@@ -133,6 +133,14 @@ def test_a_campaign_killed_while_its_jobs_run_re_attaches_and_collects_each_once
     assert {"RUNNING", "PENDING"} <= states
     submitted = {job for job, _, _ in _squeue()}
     assert len(_ledger(tmp_path)) < 6  # killed before every job was done
+    status = subprocess.run([sys.executable, "-m", "matforge.flows.cli", "status", str(path)],
+                            env={**env, "COLUMNS": "400"}, capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0, status.stderr
+    shown = [line for line in status.stdout.splitlines() if "Slurm job" in line]
+    assert shown and all("not alive" in line and "log " in line for line in shown)
+    assert any(f"Slurm job {job} RUNNING" in line or f"Slurm job {job} PENDING" in line
+               for line in shown for job in submitted)
 
     second = _matforge_run(path, env)
     assert second.wait(timeout=400) == 0, (tmp_path / "stderr.log").read_text()[-3000:]
