@@ -123,6 +123,8 @@ def _print_summary(config: CampaignConfig, summary: dict) -> None:
 
 def _job_line(job: dict | None) -> str:
     """``; Slurm job 123 RUNNING, log ...`` for an evaluation running as a Slurm job."""
+    if job and job.get("kind") == "dask":
+        return f"; on Dask worker {job.get('worker')}"
     if not job or job.get("kind") != "slurm":
         return ""
     from matforge.engine.loop.slurm import SlurmError, SlurmQueue

@@ -129,8 +129,23 @@ def evaluate_task(store_url: str, work: Work, objective: str, adapter: str, para
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, held))
             get_run_logger().info("evaluation %s runs on GPU %s", label,
                                   env["CUDA_VISIBLE_DEVICES"])
-        return evaluate_claimed(_store(store_url), work, objective,
+        store = _store(store_url)
+        worker = _dask_worker()
+        if worker is not None and store.status(work.evaluation_id) == "running":
+            store.set_job(work.evaluation_id, {"kind": "dask", "worker": worker}, work.owner)
+            get_run_logger().info("evaluation %s runs on Dask worker %s", label, worker)
+        return evaluate_claimed(store, work, objective,
                                 partial(load_evaluator, adapter, parameters), env)
+
+
+def _dask_worker() -> str | None:
+    """The address of the Dask worker this runs on (None: not on one)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
 
 
 @task(**TASK, task_run_name="evaluate-{label}")

@@ -12,11 +12,13 @@ unseen while a resumed run starts them again.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -31,6 +33,7 @@ KILL_GRACE = 5.0
 
 _context = None
 _context_lock = threading.Lock()
+_start_lock = threading.Lock()
 
 
 class EvaluationTimeout(TimeoutError):
@@ -126,6 +129,31 @@ def _kill_group(process) -> None:
             return
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start a child without importing the parent's ``__main__`` again.
+
+    multiprocessing re-imports the main module in every forkserver child (as
+    ``__mp_main__``), which for a user's driver script costs its imports (seconds,
+    for one that imports Prefect) and, in a script without an ``if __name__ ==
+    "__main__"`` guard, runs it again. Evaluations never need it: what they run
+    lives in importable modules.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _start_lock:
+        saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+        main.__spec__ = None
+        main.__dict__.pop("__file__", None)
+        try:
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
 def run_isolated(function: Callable, args: tuple, timeout: float | None, label: str = "",
                  env: dict[str, str] | None = None) -> Any:
     """``function(*args)`` in a child process (with ``env`` added to its environment, e.g.
@@ -141,7 +169,8 @@ def run_isolated(function: Callable, args: tuple, timeout: float | None, label: 
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(send, function, args, env),
                               name=f"evaluate-{label}", daemon=False)
-    process.start()
+    with _main_module_hidden():
+        process.start()
     send.close()
     try:
         if not receive.poll(timeout):

@@ -204,6 +204,8 @@ def test_a_campaign_on_a_dask_local_cluster_of_two_worker_processes(
     lines = _ledger(tmp_path)
     assert len(lines) == 4 and len({line[0] for line in lines}) == 4
     assert 1 <= len(_runs_elsewhere(lines)) <= 2  # the two Dask workers
+    workers = {e.job["worker"] for e in _evaluations(tmp_path, "dask-local")}
+    assert 1 <= len(workers) <= 2 and all(w.startswith("tcp://") for w in workers)
 
 
 def test_a_campaign_on_dask_workers_that_are_slurm_jobs(

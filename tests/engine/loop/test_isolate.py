@@ -164,3 +164,24 @@ def test_sigterm_to_any_thread_after_the_adapter_paid_waits_for_the_result_file(
         evaluate_isolated(TerminatedAfterPaying, CU, tmp_path, "key-1", timeout=30, label="held")
     assert read_result(tmp_path, "key-1") == EvaluationResult(energy=-4.0,
                                                               energy_per_atom=-1.0).model_dump()
+
+
+def test_an_evaluation_does_not_run_the_parents_main_script_again(tmp_path):
+    """A driver script without an ``if __name__ == "__main__"`` guard ran once more in every
+    evaluation's process (multiprocessing re-imports __main__): its side effects repeated
+    and its imports were paid per evaluation."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import os\n"
+        f"open({str(runs)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "from matforge.engine.loop.isolate import run_isolated\n"
+        "print(run_isolated(os.getpid, (), 60))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(runs.read_text().split()) == 1  # the driver ran once: not again in the child
