@@ -79,7 +79,6 @@ _state: dict = {}
 def measure() -> dict:
     """Seconds to start the executor and to dispatch the claimed work to the end."""
     import __main__  # the state is looked up, not captured: Dask pickles this flow by value
-
     from matforge.flows.executors import dispatcher
 
     state = __main__._state

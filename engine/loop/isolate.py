@@ -69,7 +69,9 @@ _held = False
 _term_pending = False
 
 
-def _on_term(_signum, _frame) -> None:
+def on_term(_signum, _frame) -> None:
+    """SIGTERM in an evaluation's process: kill its process group, or, once the adapter has
+    paid (:func:`hold_signals`), end only after the result is written."""
     global _term_pending
     if _held:  # a result has been paid for: end once it is on disk (release_termination)
         _term_pending = True
@@ -97,7 +99,7 @@ def release_signals() -> None:
 def _child(connection, function: Callable, args: tuple, env: dict[str, str] | None) -> None:
     os.setsid()
     os.environ.update(env or {})  # the slot's GPU and thread count, before anything reads them
-    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
     _die_with_parent()
     try:
