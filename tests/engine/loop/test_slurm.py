@@ -5,6 +5,7 @@ Against the real local Slurm (deploy/local-slurm.sh)."""
 
 from __future__ import annotations
 
+import subprocess
 from functools import partial
 from pathlib import Path
 
@@ -94,3 +95,43 @@ def test_slurm_commands_that_fail_name_the_command_and_its_message(local_slurm, 
         slurm.submit_held(script, tmp_path)
     assert slurm.lookup("999999") is None
     assert isinstance(slurm.SlurmError("x"), ConnectionError)  # retried by default
+
+
+def test_a_retry_after_scancel_submits_a_new_job_and_pays_once(
+    local_slurm, testing_adapters, tmp_path
+):
+    import threading
+    import time
+
+    store, work = _claim(tmp_path)
+    ledger = tmp_path / "ledger.txt"
+    outcome: list[BaseException | str] = []
+
+    def attempt(delay: float):
+        try:
+            outcome.append(slurm.run_job(
+                store, work, "formation_energy_per_atom",
+                partial(load_evaluator, "emt-ledger", {"ledger": str(ledger), "delay": delay}),
+                SlurmSettings(poll_interval=0.3), Resources(memory_gb=0.5, walltime=300.0),
+                slurm.SlurmQueue(0.3), "jobs", lambda line: None))
+        except BaseException as error:  # noqa: BLE001 - the test reads it
+            outcome.append(error)
+
+    first = threading.Thread(target=attempt, args=(60.0,))
+    first.start()
+    deadline = time.monotonic() + 120
+    while not (store.job(work.evaluation_id) and slurm.SlurmQueue().state(
+            store.job(work.evaluation_id)["id"], fresh=True).state == "RUNNING"):
+        assert time.monotonic() < deadline, "the job never ran"
+        time.sleep(0.2)
+    cancelled = store.job(work.evaluation_id)["id"]
+    subprocess.run(["scancel", cancelled], check=True)
+    first.join(60)
+    assert isinstance(outcome[0], slurm.JobLost) and "was cancelled" in str(outcome[0])
+    assert not ledger.exists()  # killed before it paid
+
+    attempt(0.0)  # what the retry policy does with a JobLost it is told to retry
+    assert outcome[1] == "accepted"
+    assert store.job(work.evaluation_id)["id"] != cancelled
+    assert len(ledger.read_text().splitlines()) == 1
+    store.close()
