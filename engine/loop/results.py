@@ -10,6 +10,7 @@ directory from another campaign is never mistaken for this one's result.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 from pymatgen.core import Structure
 
 RESULT_FILE = "matforge-result.json"
+LOCK_FILE = ".matforge-evaluating.lock"
 
 
 def write_result(workdir: str | Path, key: str, result: dict[str, Any]) -> Path:
@@ -90,17 +92,26 @@ def evaluate_to_file(make_evaluator: Callable[[], Any], structure: dict[str, Any
     """Build the adapter, evaluate ``structure`` and write the result (runs in the child).
 
     Once the adapter has returned (or called :func:`hold_termination`), the result has
-    been paid for: SIGTERM waits until it is on disk.
+    been paid for: SIGTERM waits until it is on disk. One process at a time evaluates
+    a directory (a lock file): one started while another still runs (a Dask worker or
+    Slurm job left over from a controller that died, whose work a resumed run started
+    again) waits for it and collects its result instead of paying a second time.
     """
     from matforge.engine.loop import isolate
 
     global _evaluating
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = open(Path(workdir) / LOCK_FILE, "w")
     _evaluating = True
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if read_result(workdir, key) is not None:
+            return  # the other process finished it
         evaluator = make_evaluator()
         result = evaluator.evaluate(Structure.from_dict(structure), Path(workdir))
         hold_termination()
         write_result(workdir, key, result.model_dump())
     finally:
         _evaluating = False
+        lock.close()
         isolate.release_signals()

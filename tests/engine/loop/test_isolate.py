@@ -185,3 +185,32 @@ def test_an_evaluation_does_not_run_the_parents_main_script_again(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(runs.read_text().split()) == 1  # the driver ran once: not again in the child
+
+
+def test_two_processes_evaluating_one_claim_pay_once(testing_adapters, tmp_path):
+    """A Dask worker or Slurm job left running by a controller that died, and the resumed
+    run's evaluation of the same claim: the second waits for the first and collects its
+    result."""
+    import threading
+    from functools import partial
+
+    from pymatgen.core import Lattice, Structure
+
+    from matforge.adapters import load_evaluator
+    from matforge.engine.loop.results import evaluate_isolated
+
+    ledger = tmp_path / "ledger.txt"
+    make = partial(load_evaluator, "emt-ledger", {"ledger": str(ledger), "delay": 2.0})
+    cu = Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
+    results = []
+
+    def evaluate():
+        results.append(evaluate_isolated(make, cu, tmp_path / "run", "key-1", 120, "x"))
+
+    threads = [threading.Thread(target=evaluate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 2 and results[0] == results[1]
+    assert len(ledger.read_text().splitlines()) == 1
