@@ -25,7 +25,8 @@ def _cases() -> list[Structure]:
     small_rattle.perturb(0.05, min_distance=0.0)
     l12 = Structure(Lattice.cubic(3.75), ["Au", "Cu", "Cu", "Cu"],
                     [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
-    d022 = Structure(Lattice.tetragonal(3.75, 7.5), ["Au", "Cu", "Cu", "Cu", "Cu", "Au", "Cu", "Cu"],
+    d022 = Structure(Lattice.tetragonal(3.75, 7.5),
+                     ["Au", "Cu", "Cu", "Cu", "Cu", "Au", "Cu", "Cu"],
                      [[0, 0, 0], [0, 0.5, 0.25], [0.5, 0, 0.25], [0.5, 0.5, 0],
                       [0, 0, 0.5], [0.5, 0.5, 0.5], [0, 0.5, 0.75], [0.5, 0, 0.75]])
     return [
