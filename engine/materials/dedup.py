@@ -88,11 +88,16 @@ class StructureIndex:
         key = key or structure_key(structure)
         if self.find(structure, key) is not None:
             return False
+        self.insert(structure, key)
+        return True
+
+    def insert(self, structure: Structure, key: StructureKey) -> None:
+        """Keep ``structure`` without looking for it first (one known to be new: a stored
+        result, which was deduplicated when it was proposed)."""
         i = len(self._structures)
         self._structures.append(structure)
         self._fingerprints[key.fingerprint] = i
         self._groups.setdefault((key.formula, key.space_group), []).append(i)
-        return True
 
     def extend(self, structures: Iterable[Structure]) -> list[bool]:
         return [self.add(s) for s in structures]
