@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 from ase import Atoms
-from ase.build import bulk
+from ase.build import bulk, molecule
 from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter
@@ -22,6 +22,9 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from matforge.adapters.base import EvaluationError, EvaluationResult, Evaluator
 from matforge.engine.materials.structures import atomic_volume
+
+GASES = frozenset({"H", "N", "O", "F", "Cl"})
+"""Elements whose standard state, the reference of formation energies, is a diatomic gas."""
 
 
 class ASECalculatorEvaluator(Evaluator):
@@ -70,16 +73,24 @@ class ASECalculatorEvaluator(Evaluator):
         return atoms, converged, int(opt.nsteps)
 
     def reference_energy(self, symbol: str) -> float:
-        """Energy per atom of the relaxed elemental ground state (ASE's reference lattice)."""
+        """Energy per atom of the relaxed elemental standard state: the diatomic molecule for
+        the gases (:data:`GASES`: H2, N2, O2, F2, Cl2, in a 12 Å box), else ASE's reference
+        lattice (fcc at the element's atomic volume where ASE has none)."""
         key = (type(self).__name__, tuple(sorted(self.parameters().items())), symbol)
         with self._lock:
             if key not in self._references:
-                try:
-                    atoms = bulk(symbol)
-                except (ValueError, KeyError):
-                    a = (4 * atomic_volume(symbol)) ** (1 / 3)
-                    atoms = bulk(symbol, "fcc", a=a)
-                atoms, _, _ = self.relax(atoms)
+                if symbol in GASES:
+                    atoms = molecule(f"{symbol}2", vacuum=6.0)
+                    atoms.pbc = True
+                    atoms.calc = self.make_calculator()
+                    BFGS(atoms, logfile=None).run(fmax=self.fmax, steps=self.max_steps)
+                else:
+                    try:
+                        atoms = bulk(symbol)
+                    except (ValueError, KeyError):
+                        a = (4 * atomic_volume(symbol)) ** (1 / 3)
+                        atoms = bulk(symbol, "fcc", a=a)
+                    atoms, _, _ = self.relax(atoms)
                 self._references[key] = atoms.get_potential_energy() / len(atoms)
             return self._references[key]
 

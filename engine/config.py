@@ -141,12 +141,24 @@ class GeneratorSettings(_Section):
         description="further generators (installed plug-ins) with the share of the pool each "
                     "proposes; decoration and mutation fill the rest",
     )
+    charge_balanced: bool = Field(
+        False, description="refuse candidates whose ICSD oxidation states cannot sum to zero")
+    min_distance: float = Field(
+        0.6, gt=0, le=2,
+        description="least distance between two atoms, as a fraction of their atomic radii")
+    volume_per_atom: list[float] = Field(
+        default_factory=lambda: [4.0, 80.0], min_length=2, max_length=2,
+        description="least and most volume per atom of a candidate, Å^3")
 
     @model_validator(mode="after")
     def _shares(self) -> GeneratorSettings:
         total = sum(source.share for source in self.sources)
         if total > 1:
             raise ValueError(f"generator.sources: shares add up to {total:g}, more than 1")
+        low, high = self.volume_per_atom
+        if not 0 < low < high:
+            raise ValueError(f"generator.volume_per_atom: [least, most] with 0 < least < most, "
+                             f"got {self.volume_per_atom}")
         return self
 
 
@@ -593,6 +605,20 @@ def check_paths(
             if isinstance(parameters.get(name), (str, os.PathLike)):
                 parameters[name] = under(f"screen.parameters.{name}", parameters[name])
         update["screen"] = config.screen.model_copy(update={"parameters": parameters})
+    sources = []
+    for i, source in enumerate(config.generator.sources):
+        names = getattr(_installed("generators", source.kind), "path_parameters", ())
+        parameters = dict(source.parameters)
+        for name in names:
+            field = f"generator.sources.{i}.parameters.{name}"
+            value = parameters.get(name)
+            if isinstance(value, (str, os.PathLike)):
+                parameters[name] = under(field, value)
+            elif isinstance(value, list):
+                parameters[name] = [under(field, v) for v in value]
+        sources.append(source.model_copy(update={"parameters": parameters}))
+    if sources:
+        update["generator"] = config.generator.model_copy(update={"sources": sources})
     slurm = config.executor.slurm
     if slurm.template is not None:
         slurm = slurm.model_copy(update={

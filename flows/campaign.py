@@ -118,6 +118,11 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
             config.objective.property, result.best,
             f" ({result.note})" if result.note else "",
         )
+        if result.generated or result.refused:
+            logger.info("round %d pool: %s; refused: %s", result.round,
+                        ", ".join(f"{k} {v}" for k, v in sorted(result.generated.items())),
+                        ", ".join(f"{k} {v}" for k, v in sorted(result.refused.items()))
+                        or "none")
         if result.flagged:
             campaign_id = campaign_id or store.campaign_id(config.name)
             review_artifact_task(config, campaign_id)

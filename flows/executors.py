@@ -213,7 +213,8 @@ def retry_policy(settings: EvaluatorSettings) -> dict[str, Any]:
     return options
 
 
-def _dask_cluster(executor: ExecutorSettings, resources: Resources, stack: ExitStack) -> str:
+def _dask_cluster(executor: ExecutorSettings, resources: Resources, stack: ExitStack,
+                  logs: Path) -> str:
     """The scheduler address of the run's Dask cluster, started here unless given."""
     import dask
 
@@ -245,6 +246,7 @@ def _dask_cluster(executor: ExecutorSettings, resources: Resources, stack: ExitS
         job_script_prologue=[*slurm.setup, "export DASK_DISTRIBUTED__WORKER__DAEMON=False",
                              f"export MATFORGE_THREADS={resources.cores}"],
         scheduler_options={"dashboard_address": None},
+        log_directory=str(logs),  # the workers' Slurm logs, not the current directory
     ))
     cluster.scale(jobs=settings.n_workers)
     return cluster.scheduler_address
@@ -265,7 +267,8 @@ def dispatcher(config: CampaignConfig, store, resources: Resources):
         if executor.kind == "dask":
             from prefect_dask import DaskTaskRunner
 
-            address = _dask_cluster(executor, resources, stack)
+            address = _dask_cluster(executor, resources, stack,
+                                    Path(config.workdir) / config.name / "dask-workers")
             runner = DaskTaskRunner(address=address)
             workers = executor.dask.n_workers
             share = (resources.cores if executor.dask.cluster == "slurm" or executor.dask.address

@@ -9,6 +9,7 @@ campaign file names (``matforge plugins`` lists what is installed).
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ from matforge.engine.materials.generate import (
     Generator,
     draw_candidates,
 )
+from matforge.engine.materials.validity import Filters, filter_candidates
 from matforge.engine.models.forest import FeasibilityClassifier
 from matforge.engine.models.gp import GPSurrogate
 from matforge.engine.models.metrics import uncertainty_metrics
@@ -59,35 +61,65 @@ def make_generator(config: CampaignConfig, kind: str, parameters: dict | None = 
     return cls(config.elements, **shared, **(parameters or {}))
 
 
+class Pool(list):
+    """A round's candidates, with what each generator contributed (``generated``, by the
+    generator's name) and what the validity filters refused (``refused``, by reason)."""
+
+    def __init__(self, candidates=(), generated=None, refused=None):
+        super().__init__(candidates)
+        self.generated = dict(generated or {})
+        self.refused = dict(refused or {})
+
+
+def filters(config: CampaignConfig) -> Filters:
+    """The campaign's validity filters (its ``generator`` section)."""
+    g = config.generator
+    return Filters(frozenset(config.elements), g.max_atoms, g.min_distance,
+                   tuple(g.volume_per_atom), g.charge_balanced)
+
+
 def propose(
     config: CampaignConfig, round: int, parents: Sequence[Evaluation], exclude: set[str]
-) -> list[Candidate]:
+) -> Pool:
     """The round's candidate pool: inverse-designed compositions, the plug-in generators'
-    shares (``generator.sources``), mutations of the best results and decorations.
+    shares (``generator.sources``), mutations of the best results and decorations, each
+    through the validity filters (:func:`filters`).
 
-    ``parents`` are accepted evaluations, best first; candidates whose
-    fingerprint is in ``exclude`` are never proposed.
+    ``parents`` are accepted evaluations, best first: the best ``n_parents`` are mutated,
+    and a generator that learns (``trainable``, e.g. ``learned``) is fitted on all of
+    them first. Candidates whose fingerprint is in ``exclude`` are never proposed.
     """
     g = config.generator
     rng = round_rng(config.seed, round, PROPOSE)
+    valid, refused = filters(config), Counter()
     decorator = make_generator(config, "decoration")
-    designed = inverse_designed(config, round, parents, decorator, exclude)
+    designed, _ = filter_candidates(
+        inverse_designed(config, round, parents, decorator, exclude), valid)
     parent_candidates = [
         Candidate(e.input_structure(), e.generator, fingerprint=e.fingerprint)
         for e in parents[: g.n_parents]
     ]
     n = g.pool_size - len(designed)
-    quotas = [(make_generator(config, s.kind, s.parameters), _nearest_int(s.share * g.pool_size))
-              for s in g.sources]
+    quotas = []
+    for source in g.sources:
+        generator = make_generator(config, source.kind, source.parameters)
+        if getattr(generator, "trainable", False):
+            generator = generator.fit([e.input_structure() for e in parents],
+                                      [e.objective for e in parents],
+                                      config.objective.is_maximized(), seed=config.seed + round)
+        quotas.append((generator, _nearest_int(source.share * g.pool_size)))
     extra = min(n, sum(q for _, q in quotas))
     n_mut = _nearest_int(g.mutation_fraction * (n - extra)) if parent_candidates else 0
     quotas.append((make_generator(config, "mutation"), n_mut))
     seen = set(exclude) | {c.fingerprint for c in designed}
-    drawn = draw_candidates(quotas, rng, parent_candidates, seen)
+    drawn = draw_candidates(quotas, rng, parent_candidates, seen, filters=valid,
+                            refused=refused)
     # decorations fill what the others left, so the pool is full wherever the space allows
     seen |= {c.fingerprint for c in drawn}
-    fill = draw_candidates([(decorator, n - len(drawn))], rng, parent_candidates, seen)
-    return designed + drawn + fill
+    fill = draw_candidates([(decorator, n - len(drawn))], rng, parent_candidates, seen,
+                           filters=valid, refused=refused)
+    pool = designed + drawn + fill
+    return Pool(pool, Counter(c.generator.split(":")[0] for c in pool), refused)
 
 
 def _nearest_int(x: float) -> int:

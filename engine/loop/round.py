@@ -246,6 +246,7 @@ def run_round(
     if slots:
         exclude = store.fingerprints(campaign_id, before_round=round)
         pool = run_stage("propose", stages.propose, config, round, training, exclude)
+    generated, refused = dict(getattr(pool, "generated", {})), dict(getattr(pool, "refused", {}))
     store.start_round(campaign_id, round, len(pool), None)
     claimed: list[int] = []
     # a round resumed with its claims complete keeps the model that picked them
@@ -327,7 +328,7 @@ def run_round(
         evaluated=len(running), flagged=flagged,
         best=training[0].objective if training else None, surrogate=config.surrogate.kind,
         surrogate_metrics=metrics, pareto=stages.pareto_summary(config, training),
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, generated=generated, refused=refused,
     )
     store.finish_round(campaign_id, result)
     return result

@@ -10,6 +10,7 @@ atom) exploit around the best results so far. Every generator subclasses
 from __future__ import annotations
 
 import abc
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -242,9 +243,13 @@ def draw_candidates(
     parents: Sequence[Candidate] = (),
     exclude: Iterable[str] = (),
     max_tries: int = 20,
+    filters=None,
+    refused: Counter | None = None,
 ) -> list[Candidate]:
     """Distinct candidates, ``quota`` from each generator in turn, none in ``exclude``
-    and none equal to a parent.
+    and none equal to a parent; with ``filters``
+    (:class:`~matforge.engine.materials.validity.Filters`) only valid ones, each refusal
+    counted in ``refused`` by its reason.
 
     Each generator is asked for one candidate at a time until it has given its
     quota of new ones, or ``max_tries * quota`` draws gave no more (a small,
@@ -258,9 +263,15 @@ def draw_candidates(
             if len(out) >= goal:
                 break
             for cand in generator.propose(1, rng, parents):
-                if cand.fingerprint not in seen:
-                    seen.add(cand.fingerprint)
-                    out.append(cand)
+                if cand.fingerprint in seen:
+                    continue
+                reason = filters.reason(cand.structure) if filters is not None else None
+                if reason is not None:
+                    if refused is not None:
+                        refused[reason] += 1
+                    continue
+                seen.add(cand.fingerprint)
+                out.append(cand)
     return out
 
 

@@ -33,6 +33,10 @@ class RoundResult(BaseModel):
     pareto: dict | None = None
     seconds: float = 0.0
     note: str | None = None
+    generated: dict[str, int] = Field(
+        default_factory=dict, description="candidates in the pool by generator")
+    refused: dict[str, int] = Field(
+        default_factory=dict, description="proposals the validity filters refused, by reason")
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,23 @@ def test_registry_checks_names_and_parameters():
         load_evaluator("vasp-magic")
     with pytest.raises(AdapterError, match="bad parameters"):
         load_evaluator("emt", {"temperature": 300})
+
+
+def test_gas_phase_elements_are_referenced_to_their_molecules():
+    """Formation energies of oxides, nitrides and hydrides are against O2, N2, H2 (the
+    standard states), not against a close-packed solid of the gas's atoms."""
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    from ase.optimize import BFGS
+
+    from matforge.adapters.ase_calc import EMTEvaluator
+
+    evaluator = EMTEvaluator()
+    for symbol in ("O", "N", "H"):
+        gas = molecule(f"{symbol}2", vacuum=6.0)
+        gas.pbc = True
+        gas.calc = EMT()
+        BFGS(gas, logfile=None).run(fmax=evaluator.fmax, steps=evaluator.max_steps)
+        assert evaluator.reference_energy(symbol) == pytest.approx(
+            gas.get_potential_energy() / 2, abs=1e-6)
+    assert evaluator.reference_energy("Cu") == pytest.approx(-0.0070, abs=1e-3)  # fcc Cu

@@ -222,6 +222,7 @@ def test_a_campaign_on_dask_workers_that_are_slurm_jobs(
     jobs = {line[4] for line in lines}
     assert "-" not in jobs and 1 <= len(jobs) <= 2  # inside the workers' Slurm jobs
     assert not _squeue("dask")  # the workers' jobs ended with the campaign
+    assert list((tmp_path / "runs" / "dask-slurm" / "dask-workers").glob("*.out"))  # their logs
 
 
 def _intervals(log: Path) -> list[tuple[float, float, str]]:
