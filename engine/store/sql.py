@@ -556,6 +556,17 @@ def _owner(row: OwnerRow) -> Owner:
     )
 
 
+def _claim_of(session, evaluation_id: int, owner: str | None) -> EvaluationRow | None:
+    """The evaluation's row while it is running and ``owner`` (when given) may change it:
+    it owns the claim, or nobody does; None otherwise. KeyError for an unknown id."""
+    row = session.get(EvaluationRow, evaluation_id)
+    if row is None:
+        raise KeyError(f"no evaluation {evaluation_id}")
+    if row.status != "running" or owner is not None and row.owner not in (None, owner):
+        return None
+    return row
+
+
 class CampaignStore:
     """All campaigns in one database.
 
@@ -826,10 +837,8 @@ class CampaignStore:
         if status not in FINISHED:
             raise ValueError(f"status {status!r} is not one of {FINISHED}")
         with self._session.begin() as s:
-            row = s.get(EvaluationRow, evaluation_id)
+            row = _claim_of(s, evaluation_id, owner)
             if row is None:
-                raise KeyError(f"no evaluation {evaluation_id}")
-            if row.status != "running" or owner is not None and row.owner not in (None, owner):
                 return False
             row.status = status
             row.objective = objective
@@ -844,10 +853,8 @@ class CampaignStore:
         before a retry submits a new one). Returns False, changing nothing, when the
         evaluation has finished or another run owns its claim."""
         with self._session.begin() as s:
-            row = s.get(EvaluationRow, evaluation_id)
+            row = _claim_of(s, evaluation_id, owner)
             if row is None:
-                raise KeyError(f"no evaluation {evaluation_id}")
-            if row.status != "running" or owner is not None and row.owner not in (None, owner):
                 return False
             row.job = None if job is None else json_safe(job)
             return True
