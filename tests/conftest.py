@@ -144,6 +144,13 @@ def _free_port_pair() -> int:
 
 
 @pytest.fixture(scope="session")
+def free_port_pair():
+    """A function returning a port p with nothing listening on p and p + 1 (a Slurm
+    cluster's slurmctld and slurmd)."""
+    return _free_port_pair
+
+
+@pytest.fixture(scope="session")
 def local_slurm(tmp_path_factory):
     """A real single-node Slurm (deploy/local-slurm.sh) for this test session; its
     SLURM_CONF is set in os.environ, so sbatch/squeue here and in the processes tests start

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,23 +25,6 @@ needs_slurm = pytest.mark.skipif(
     reason="Slurm is not installed (apt-get install slurm-wlm munge)",
 )
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs only as root")
-
-
-def _free_port_pair() -> int:
-    """A port p with nothing listening on p and p + 1 (slurmctld, slurmd) on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two free consecutive ports")
 
 
 def _script(action: str, state_dir: Path, port: int, timeout: float = 120):
@@ -64,10 +46,10 @@ def _start(state_dir: Path, port: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def slurm(tmp_path_factory, free_port_pair):
     """The environment (with SLURM_CONF) of a cluster running for this module's tests."""
     state_dir = tmp_path_factory.mktemp("local-slurm")
-    port = _free_port_pair()
+    port = free_port_pair()
     env = _start(state_dir, port)
     try:
         yield env
@@ -154,9 +136,9 @@ def test_scancel_cancels_a_running_job(slurm, tmp_path):
 
 @needs_root
 @needs_slurm
-def test_start_is_idempotent_and_stop_leaves_nothing_running(tmp_path):
+def test_start_is_idempotent_and_stop_leaves_nothing_running(tmp_path, free_port_pair):
     state_dir = tmp_path / "slurm"
-    port = _free_port_pair()
+    port = free_port_pair()
     try:
         env = _start(state_dir, port)
         again = _script("start", state_dir, port)
