@@ -53,7 +53,7 @@ def charge_states(counts: dict[str, int]) -> dict[str, float] | None:
     """
     symbols = sorted(counts, key=lambda s: Element(s).X)  # cations first
     for k in range(1, len(symbols)):
-        cations, anions = symbols[:-k], symbols[-k:]
+        anions = symbols[-k:]
         options = {}
         for s in symbols:
             sign = -1 if s in anions else 1
@@ -65,7 +65,6 @@ def charge_states(counts: dict[str, int]) -> dict[str, float] | None:
             found = _balance(options, counts)
             if found is not None:
                 return found
-        del cations
     return None
 
 
@@ -163,9 +162,7 @@ def ionic_radius(symbol: str, charge: float, coordination: int | None = None) ->
     """Shannon radius (Å) of an ion at its nearest listed integer charge, for
     ``coordination`` neighbours where Shannon lists it (high spin first), else the ion's
     default radius, else the atom's."""
-    states = [q for q in oxidation_states(symbol) if q * charge > 0] or [round(charge)]
-    q = min(states, key=lambda s: abs(s - charge))
-    species = Species(symbol, q)
+    species = Species(symbol, _nearest_state(symbol, charge))
     if coordination in ROMAN:
         for spin in ("", "High Spin", "Low Spin"):
             try:
@@ -222,8 +219,7 @@ def decorate(prototype: Prototype, composition: Composition, rng: np.random.Gene
     cations in their ratio, the larger cation takes A; otherwise cations are spread at
     random over all cation sites (an ordered superstructure, e.g. Li2MnO3 on rock salt).
     """
-    counts = {e.symbol: int(round(a)) for e, a in composition.get_el_amt_dict().items()
-              for e in [Element(e)]}
+    counts = {s: int(round(a)) for s, a in composition.get_el_amt_dict().items()}
     charges = charge_states(counts)
     if charges is None:
         return None
@@ -248,8 +244,7 @@ def decorate(prototype: Prototype, composition: Composition, rng: np.random.Gene
     ab = "B" in roles and len(cations) == 2
     if ab:
         big, small = sorted(cations, key=lambda s: -ionic_radius(s, charges[s]))
-        fits = (cations[big] * units * roles["B"] == cations[small] * units * roles["A"])
-        ab = fits
+        ab = cations[big] * roles["B"] == cations[small] * roles["A"]
     species = [""] * len(cell)
     for wanted, pool in ((("X",), anions), (("A", "B"), cations)):
         sites = [i for i, r in enumerate(role) if r in wanted]
@@ -419,5 +414,6 @@ class SubstitutionGenerator(Generator):
 
 
 def _nearest_state(symbol: str, charge: float) -> int:
+    """The ICSD oxidation state of ``symbol`` of the same sign nearest to ``charge``."""
     states = [q for q in oxidation_states(symbol) if q * charge > 0] or [round(charge)]
     return min(states, key=lambda s: abs(s - charge))
