@@ -131,8 +131,9 @@ def evaluate_task(store_url: str, work: Work, objective: str, adapter: str, para
                                   env["CUDA_VISIBLE_DEVICES"])
         store = _store(store_url)
         worker = _dask_worker()
-        if worker is not None and store.status(work.evaluation_id) == "running":
-            store.set_job(work.evaluation_id, {"kind": "dask", "worker": worker}, work.owner)
+        # set_job changes nothing for a finished claim or another run's
+        if worker is not None and store.set_job(work.evaluation_id,
+                                                {"kind": "dask", "worker": worker}, work.owner):
             get_run_logger().info("evaluation %s runs on Dask worker %s", label, worker)
         return evaluate_claimed(store, work, objective,
                                 partial(load_evaluator, adapter, parameters), env)

@@ -321,8 +321,9 @@ def run_job(store, work, objective: str, make_evaluator, settings, resources,
     from matforge.engine.loop.round import record_result
 
     evaluation = work.evaluation_id
-    if store.status(evaluation) != "running":
-        return store.status(evaluation)
+    status = store.status(evaluation)
+    if status != "running":
+        return status
     workdir = Path(work.workdir)
     result = read_result(workdir, work.key)
     if result is None:
