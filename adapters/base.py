@@ -103,8 +103,9 @@ class Evaluator(abc.ABC):
     (``{"energy_per_atom": "eV/atom"}``), the elements they have parameters for in
     ``supported_elements`` (None: any), the constructor parameters that are file
     paths in ``path_parameters`` (a relative one resolves against the campaign
-    file's directory and must stay under it), and what one evaluation needs in
-    ``resources``.
+    file's directory and must stay under it), what one evaluation needs in
+    ``resources``, and what it takes in ``inputs``: structures, and compositions where
+    it needs no geometry (a campaign of compositions, ``candidates: composition``).
 
     Failures: a calculation that ran and gave nothing usable raises
     :class:`EvaluationError` with the reason, or returns ``converged=False``;
@@ -119,6 +120,7 @@ class Evaluator(abc.ABC):
     path_parameters: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
     conformance_unconverged: ClassVar[dict[str, Any] | None] = None
+    inputs: ClassVar[tuple[str, ...]] = ("structure",)
 
     @abc.abstractmethod
     def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:

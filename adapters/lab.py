@@ -48,9 +48,10 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from matforge.adapters.base import EvaluationError, EvaluationResult, JobEvaluator, Resources
+from matforge.engine.materials.structures import composition_of
 
 DEFAULT_TOKEN_ENV = "MATFORGE_LAB_TOKEN"
 REDACTED = "***"
@@ -125,6 +126,7 @@ class LabEvaluator(JobEvaluator):
     name = "lab"
     implemented_properties: ClassVar[dict[str, str]] = {"band_gap": "eV"}
     path_parameters: ClassVar[tuple[str, ...]] = ("ca_file",)
+    inputs: ClassVar[tuple[str, ...]] = ("structure", "composition")
     resources = Resources(cores=1, memory_gb=0.5, walltime=86_400.0)
     # an instrument, not a parameter of the request, decides whether a measurement converged
     conformance_unconverged: ClassVar[dict[str, Any] | None] = None
@@ -266,15 +268,16 @@ class LabEvaluator(JobEvaluator):
 
     # the job --------------------------------------------------------------------------
 
-    def recipe_for(self, structure: Structure, request_id: str) -> dict[str, Any]:
-        """The submission for ``structure``: composition, structure, recipe, properties."""
-        composition = structure.composition
+    def recipe_for(self, structure: Structure | Composition, request_id: str) -> dict[str, Any]:
+        """The submission for ``structure``: composition, structure (None for a campaign of
+        compositions), recipe, properties."""
+        composition = composition_of(structure)
         return {
             "request_id": request_id,
             "formula": composition.formula,
             "reduced_formula": composition.reduced_formula,
             "composition": {str(el): float(n) for el, n in composition.items()},
-            "structure": structure.as_dict(),
+            "structure": None if isinstance(structure, Composition) else structure.as_dict(),
             "recipe": self.recipe,
             "properties": sorted(self.properties),
         }

@@ -67,6 +67,14 @@ def build_evaluators(config, base: str | Path | None = None, source: str = "camp
             raise ConfigError(f"{source}: field 'screen': {error}") from None
         check_screen(config, screener, source)
     adapter = type(evaluator)
+    for field, settings, instance in (("evaluator", config.evaluator, evaluator),
+                                      ("screen", config.screen, screener)):
+        inputs = getattr(type(instance), "inputs", ("structure",))
+        if instance is not None and config.candidates not in inputs:
+            raise ConfigError(
+                f"{source}: field '{field}': adapter {settings.adapter!r} takes "
+                f"{' or '.join(i + 's' for i in inputs)}, and this campaign's candidates are "
+                f"{config.candidates}s (candidates: {config.candidates})")
     check_properties(config, config.evaluator.adapter, evaluator.implemented_properties, source)
     check_elements(config, config.evaluator.adapter, adapter.supported_elements, source)
     if base is not None:

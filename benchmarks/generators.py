@@ -1,18 +1,21 @@
 """Valid unique candidates per second of each generator, and the cost of deduplication.
 
-Generators (one thread, ``--n`` proposals each, seeded): ``decoration`` and
-``mutation`` over six fcc metals; ``charge-balanced``, ``substitution`` (from a
-rock-salt MgO seed), ``symmetric`` (PyXtal, common space groups) over Li-Mn-O(-Mg);
+Generators (one thread, ``--n`` proposals each, seeded): ``decoration``,
+``mutation`` and ``prototype`` (Heusler, B2, L1_2, ...) over six fcc metals;
+``charge-balanced``, ``substitution`` (from a rock-salt MgO seed), ``symmetric``
+(PyXtal, common space groups) over Li-Mn-O(-Mg);
 ``learned`` (trained on 60 decorations of a toy campaign, not timed). A candidate
 counts when it passes the validity filters (``engine/materials/validity.py``) and is
 new to a :class:`~matforge.engine.materials.dedup.StructureIndex` of what the same
 generator gave before.
 
 Deduplication: ``--stored`` structures (default 100,000: decorations of up to
-16-atom fcc/bcc/hcp supercells of six metals, plus their keys: fingerprint, formula,
-space group) are indexed, then ``--queries`` new candidates are looked up, side by
-side with StructureMatcher against every stored structure of the same formula (the
-matcher's own grouping), measured on a sample and scaled to all of them.
+16-atom fcc/bcc/hcp supercells of six metals) are written, with their keys
+(fingerprint, formula, space group), to a SQLite campaign store as the loop keeps
+them; a round's history index is read from it (``engine.loop.round.history``) and
+``--queries`` new candidates are looked up, side by side with StructureMatcher
+against every stored structure of the same formula (the matcher's own grouping),
+measured on a sample.
 
     python benchmarks/generators.py
     python benchmarks/generators.py --n 100 --stored 20000
@@ -52,6 +55,7 @@ def _generators(tmp: Path):
     from matforge.engine.materials.chemistry import ChargeBalancedGenerator, SubstitutionGenerator
     from matforge.engine.materials.generate import Candidate, DecorationGenerator, MutationGenerator
     from matforge.engine.materials.learned import LearnedGenerator
+    from matforge.engine.materials.prototypes import PrototypeGenerator
     from matforge.engine.materials.symmetric import SymmetricGenerator
 
     decoration = DecorationGenerator(METALS)
@@ -67,6 +71,7 @@ def _generators(tmp: Path):
     return [
         ("decoration", decoration, (), METALS),
         ("mutation", MutationGenerator(METALS), parents, METALS),
+        ("prototype", PrototypeGenerator(METALS), (), METALS),
         ("charge-balanced", ChargeBalancedGenerator(OXIDE), (), OXIDE),
         ("substitution", SubstitutionGenerator(["Mg", "Ca", "Ni", "Co", "Zn", "Fe", "O"],
                                                seeds=[str(tmp / "MgO.cif")]),
@@ -121,35 +126,44 @@ def measure_dedup(stored: int, queries: int, jobs: int) -> dict:
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
 
-    from matforge.engine.materials.dedup import StructureIndex, structure_key
+    from matforge.engine.loop.round import history
     from matforge.engine.materials.generate import DecorationGenerator
+    from matforge.engine.store.sql import CampaignStore, CandidateRow
 
     chunks = [(seed, stored // jobs + (seed < stored % jobs)) for seed in range(jobs)]
     started = time.perf_counter()
     with ProcessPoolExecutor(jobs) as pool:
         records = [r for chunk in pool.map(_keys, chunks) for r in chunk]
     keying = time.perf_counter() - started
-    started = time.perf_counter()
-    index = StructureIndex()
-    by_formula: dict[str, list] = {}
-    seen = set()
-    for data, key in records:
-        if key.fingerprint in seen:  # the store holds each candidate once
-            continue
-        seen.add(key.fingerprint)
-        structure = Structure.from_dict(data)
-        index.insert(structure, key)
-        by_formula.setdefault(key.formula, []).append(structure)
-    building = time.perf_counter() - started
 
-    rng = np.random.default_rng(12345)
-    generator = DecorationGenerator(METALS)
-    probes = [generator.sample(rng).structure for _ in range(queries)]
-    before = index.comparisons
-    started = time.perf_counter()
-    found = sum(index.find(s, structure_key(s)) is not None for s in probes)
-    lookup = (time.perf_counter() - started) / queries
-    comparisons = (index.comparisons - before) / queries
+    # the store as a campaign leaves it: each candidate once, with its keys (as claim keeps them)
+    rows, by_formula = {}, {}
+    for data, key in records:
+        if key.fingerprint not in rows:
+            structure = Structure.from_dict(data)
+            rows[key.fingerprint] = dict(
+                campaign_id=1, fingerprint=key.fingerprint, formula=key.formula,
+                reduced_formula=key.formula, space_group=key.space_group,
+                n_atoms=len(structure), structure=data, generator="decoration", round=0)
+            by_formula.setdefault(key.formula, []).append(structure)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CampaignStore(f"sqlite:///{tmp}/dedup.db")
+        cid = store.campaign_id("dedup", {})
+        with store.engine.begin() as conn:
+            conn.execute(CandidateRow.__table__.insert(), list(rows.values()))
+        # what a round does: the history index (fingerprints and formulas read from the
+        # store), then each candidate looked up, stored structures fetched as needed
+        started = time.perf_counter()
+        index = history(store, cid, 1)
+        building = time.perf_counter() - started
+        rng = np.random.default_rng(12345)
+        generator = DecorationGenerator(METALS)
+        probes = [generator.sample(rng).structure for _ in range(queries)]
+        started = time.perf_counter()
+        found = sum(index.find(s) is not None for s in probes)
+        lookup = (time.perf_counter() - started) / queries
+        comparisons = index.comparisons / queries
+        store.close()
 
     # the matcher against every stored structure of the same formula, on a sample of probes
     matcher = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5, primitive_cell=True, scale=True)
@@ -162,7 +176,7 @@ def measure_dedup(stored: int, queries: int, jobs: int) -> dict:
             if matcher.fit(s, other):
                 break
     by_formula_cost = (time.perf_counter() - started) / len(sample)
-    return {"stored": len(index), "keying": keying, "building": building, "lookup": lookup,
+    return {"stored": len(rows), "keying": keying, "building": building, "lookup": lookup,
             "comparisons": comparisons, "found": found, "queries": queries,
             "formula_cost": by_formula_cost, "formula_calls": calls / len(sample)}
 
@@ -180,8 +194,10 @@ def main(argv=None) -> int:
     d = measure_dedup(args.stored, args.queries, args.jobs)
     print(f"\nDeduplication against {d['stored']:,} stored structures "
           f"(keys computed in {d['keying']:.0f} s on {args.jobs} processes, "
-          f"{d['stored'] / d['keying']:.0f}/s; index built from keys in {d['building']:.1f} s)")
-    print(f"  index look-up, key included: {d['lookup'] * 1000:.1f} ms per candidate, "
+          f"{d['stored'] / d['keying']:.0f}/s; the round's history index read from the "
+          f"SQLite store in {d['building']:.1f} s)")
+    print(f"  history look-up, keys and store reads included: {d['lookup'] * 1000:.1f} ms "
+          f"per candidate, "
           f"{d['comparisons']:.2f} matcher calls ({d['found']} of {d['queries']} found)")
     print(f"  matcher against the same formula: {d['formula_cost'] * 1000:.0f} ms per candidate, "
           f"{d['formula_calls']:.0f} matcher calls")

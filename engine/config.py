@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 LATTICES = ("fcc", "bcc", "hcp")
-SHARED_GENERATOR_SETTINGS = ("lattices", "max_atoms", "max_species")
+SHARED_GENERATOR_SETTINGS = ("lattices", "max_atoms", "max_species", "charge_balanced")
 """Fields of the ``generator`` section every generator receives when its constructor
 takes them, beside the campaign's ``elements``."""
 
@@ -143,6 +143,10 @@ class GeneratorSettings(_Section):
     )
     charge_balanced: bool = Field(
         False, description="refuse candidates whose ICSD oxidation states cannot sum to zero")
+    fill: bool = Field(
+        True, description="decorations (random compositions in a campaign of compositions) "
+                          "fill what the other generators left of pool_size; false: the pool is "
+                          "only what they made, e.g. a list of what a lab can make")
     min_distance: float = Field(
         0.6, gt=0, le=2,
         description="least distance between two atoms, as a fraction of their atomic radii")
@@ -437,6 +441,9 @@ class CampaignConfig(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
     elements: list[str] = Field(min_length=1)
+    candidates: Literal["structure", "composition"] = Field(
+        "structure", description="what a candidate is: a crystal structure, or a composition "
+                                 "only (featurizer, generators and evaluator must take it)")
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
     objectives: list[ObjectiveSettings] = Field(
@@ -491,12 +498,28 @@ class CampaignConfig(_Section):
                 f"generator.inverse_design: {self.generator.inverse_design} is larger than "
                 f"generator.pool_size ({self.generator.pool_size})"
             )
+        self._candidates_understood()
         if self.batch_size > self.generator.pool_size:
             raise ValueError(
                 f"batch_size: {self.batch_size} is larger than generator.pool_size "
                 f"({self.generator.pool_size}): a round cannot pick more than it screens"
             )
         return self
+
+    def _candidates_understood(self) -> None:
+        """Featurizer and generators take this campaign's kind of candidate."""
+        kind = self.candidates
+        featurizer = _installed("featurizers", self.featurizer.kind)
+        if kind not in getattr(featurizer, "inputs", ("structure",)):
+            raise ValueError(
+                f"featurizer: {self.featurizer.kind!r} describes structures; a campaign of "
+                f"compositions (candidates: composition) needs one such as 'composition'")
+        for source in self.generator.sources:
+            makes = getattr(_installed("generators", source.kind), "makes", ("structure",))
+            if kind not in makes:
+                raise ValueError(
+                    f"generator.sources: {source.kind!r} makes {makes[0]}s, and this campaign's "
+                    f"candidates are {kind}s (candidates: {kind})")
 
     def resolved(self, base: Path) -> CampaignConfig:
         """Return a copy whose relative SQLite path and workdir are relative to ``base``."""

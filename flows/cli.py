@@ -148,7 +148,8 @@ def cmd_run(args) -> int:
     from matforge.engine.store.sql import CampaignStore, SchemaError, StoreError
 
     try:
-        config, _, _ = build_evaluators(config, Path(args.config).parent, args.config)
+        config, evaluator, _ = build_evaluators(config, Path(args.config).parent, args.config)
+        unit = evaluator.implemented_properties.get(config.objective.property, "")
     except ConfigError as error:
         return _fail(str(error))
     from matforge.engine.loop.round import check_same_campaign
@@ -163,10 +164,10 @@ def cmd_run(args) -> int:
     from matforge.flows.server import prefect_api
 
     with prefect_api() as api:
-        return _run(config, args, api)
+        return _run(config, args, api, unit)
 
 
-def _run(config: CampaignConfig, args, api: str) -> int:
+def _run(config: CampaignConfig, args, api: str, unit: str = "") -> int:
     from matforge.flows.server import ui_url
 
     print(f"Prefect UI: {ui_url(api)}  (flow 'campaign')")
@@ -185,8 +186,8 @@ def _run(config: CampaignConfig, args, api: str) -> int:
         theirs = base_summary["best"][0]["objective"] if base_summary["best"] else float("nan")
         n = base_summary["evaluations"]
         print(
-            f"best {config.objective.property}: campaign {ours:.4f} eV/atom vs "
-            f"random picks from the same generator {theirs:.4f} eV/atom "
+            f"best {config.objective.property}: campaign {ours:.4f} {unit} vs "
+            f"random picks from the same generator {theirs:.4f} {unit} "
             f"({summary['evaluations']} vs {n} evaluations)"
         )
     return 0

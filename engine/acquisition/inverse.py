@@ -21,6 +21,7 @@ from botorch.acquisition.objective import GenericMCObjective
 from botorch.optim import optimize_acqf
 from pymatgen.core import Composition, Element
 
+from matforge.engine.materials.dedup import StructureIndex
 from matforge.engine.materials.generate import Candidate, DecorationGenerator
 from matforge.engine.models.gp import DTYPE
 from matforge.engine.validation import positive_int
@@ -278,23 +279,29 @@ def supported_totals(decorator: DecorationGenerator) -> list[int]:
 
 def composition_candidates(
     compositions: Iterable[Composition],
-    decorator: DecorationGenerator,
+    decorator: DecorationGenerator | None,
     rng: np.random.Generator,
-    exclude: Iterable[str] = (),
+    exclude: Iterable[str] | StructureIndex = (),
 ) -> list[Candidate]:
-    """One decorated structure per composition, for a round's candidate pool.
+    """One decorated structure per composition, for a round's candidate pool; without a
+    ``decorator`` (a campaign of compositions) the compositions themselves
+    (``"inverse:composition"``).
 
-    Structures whose fingerprint is in ``exclude`` (already evaluated or pooled)
-    or repeats one returned earlier are left out. Generator label:
-    ``"inverse:<lattice>"``.
+    Structures seen in ``exclude`` (fingerprints, or a
+    :class:`~matforge.engine.materials.dedup.StructureIndex`, to which new ones are added)
+    or repeating one returned earlier are left out. Generator label: ``"inverse:<lattice>"``.
     """
-    seen = set(exclude)
+    index = exclude if isinstance(exclude, StructureIndex) else StructureIndex(exclude)
     out = []
     for comp in compositions:
-        cand = decorator.decorate(comp, rng)
-        if cand.fingerprint in seen:
+        if decorator is None:
+            out.append(Candidate(comp, "inverse:composition"))
+            if not index.add(comp, out[-1].fingerprint):
+                out.pop()
             continue
-        seen.add(cand.fingerprint)
+        cand = decorator.decorate(comp, rng)
+        if not index.add(cand.structure, cand.fingerprint):
+            continue
         cand.generator = cand.generator.replace(decorator.name, "inverse", 1)
         out.append(cand)
     return out

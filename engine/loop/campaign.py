@@ -29,6 +29,7 @@ from matforge.engine.acquisition.multiobjective import (
 from matforge.engine.acquisition.strategy import MIN_TRAINING, Selection, Strategy
 from matforge.engine.config import SHARED_GENERATOR_SETTINGS, CampaignConfig
 from matforge.engine.loop.anomaly import flag_anomalies, residual_scores
+from matforge.engine.materials.dedup import StructureIndex
 from matforge.engine.materials.featurize import Featurizer, standardize
 from matforge.engine.materials.generate import (
     Candidate,
@@ -36,6 +37,7 @@ from matforge.engine.materials.generate import (
     Generator,
     draw_candidates,
 )
+from matforge.engine.materials.structures import composition_of
 from matforge.engine.materials.validity import Filters, filter_candidates
 from matforge.engine.models.forest import FeasibilityClassifier
 from matforge.engine.models.gp import GPSurrogate
@@ -58,7 +60,17 @@ def make_generator(config: CampaignConfig, kind: str, parameters: dict | None = 
     accepted = inspect.signature(cls.__init__).parameters
     shared = {k: getattr(config.generator, k) for k in SHARED_GENERATOR_SETTINGS
               if k in accepted}
+    if "candidates" in accepted:
+        shared["candidates"] = config.candidates
     return cls(config.elements, **shared, **(parameters or {}))
+
+
+def basic_generators(config: CampaignConfig) -> tuple[str, str]:
+    """The generators that fill a round's pool and mutate its best results: decoration and
+    mutation of structures, or in a campaign of compositions their composition kin."""
+    if config.candidates == "composition":
+        return "compositions", "composition-mutation"
+    return "decoration", "mutation"
 
 
 class Pool(list):
@@ -79,7 +91,8 @@ def filters(config: CampaignConfig) -> Filters:
 
 
 def propose(
-    config: CampaignConfig, round: int, parents: Sequence[Evaluation], exclude: set[str]
+    config: CampaignConfig, round: int, parents: Sequence[Evaluation],
+    exclude: set[str] | StructureIndex,
 ) -> Pool:
     """The round's candidate pool: inverse-designed compositions, the plug-in generators'
     shares (``generator.sources``), mutations of the best results and decorations, each
@@ -87,14 +100,18 @@ def propose(
 
     ``parents`` are accepted evaluations, best first: the best ``n_parents`` are mutated,
     and a generator that learns (``trainable``, e.g. ``learned``) is fitted on all of
-    them first. Candidates whose fingerprint is in ``exclude`` are never proposed.
+    them first. Candidates seen in ``exclude`` (fingerprints, or a
+    :class:`~matforge.engine.materials.dedup.StructureIndex` of the campaign's history)
+    are never proposed, nor two that ``StructureMatcher`` calls the same.
     """
     g = config.generator
     rng = round_rng(config.seed, round, PROPOSE)
     valid, refused = filters(config), Counter()
-    decorator = make_generator(config, "decoration")
+    fill_kind, mutation_kind = basic_generators(config)
+    filler = make_generator(config, fill_kind)
+    seen = exclude if isinstance(exclude, StructureIndex) else StructureIndex(exclude)
     designed, _ = filter_candidates(
-        inverse_designed(config, round, parents, decorator, exclude), valid)
+        inverse_designed(config, round, parents, filler, seen), valid)
     parent_candidates = [
         Candidate(e.input_structure(), e.generator, fingerprint=e.fingerprint)
         for e in parents[: g.n_parents]
@@ -110,14 +127,13 @@ def propose(
         quotas.append((generator, _nearest_int(source.share * g.pool_size)))
     extra = min(n, sum(q for _, q in quotas))
     n_mut = _nearest_int(g.mutation_fraction * (n - extra)) if parent_candidates else 0
-    quotas.append((make_generator(config, "mutation"), n_mut))
-    seen = set(exclude) | {c.fingerprint for c in designed}
+    quotas.append((make_generator(config, mutation_kind), n_mut))
     drawn = draw_candidates(quotas, rng, parent_candidates, seen, filters=valid,
                             refused=refused)
-    # decorations fill what the others left, so the pool is full wherever the space allows
-    seen |= {c.fingerprint for c in drawn}
-    fill = draw_candidates([(decorator, n - len(drawn))], rng, parent_candidates, seen,
-                           filters=valid, refused=refused)
+    # decorations (compositions) fill what the others left, so the pool is full wherever
+    # the space allows
+    fill = draw_candidates([(filler, n - len(drawn) if g.fill else 0)], rng,
+                           parent_candidates, seen, filters=valid, refused=refused)
     pool = designed + drawn + fill
     return Pool(pool, Counter(c.generator.split(":")[0] for c in pool), refused)
 
@@ -131,18 +147,19 @@ def inverse_designed(
     config: CampaignConfig,
     round: int,
     results: Sequence[Evaluation],
-    decorator: DecorationGenerator,
-    exclude: set[str],
+    decorator: Generator,
+    exclude: set[str] | StructureIndex,
 ) -> list[Candidate]:
     """Up to ``generator.inverse_design`` candidates whose compositions a GP on element
     fractions rates best: the acquisition is maximized over the continuous composition
-    simplex, snapped to whole-number stoichiometries the decorator can place.
+    simplex, snapped to whole-number stoichiometries the decorator can place (in a campaign
+    of compositions, where ``decorator`` makes compositions, the compositions themselves).
     """
     n = config.generator.inverse_design
     if n == 0 or len(results) < MIN_TRAINING:
         return []
     fractions = np.array([
-        [e.input_structure().composition.get_atomic_fraction(el) for el in config.elements]
+        [composition_of(e.input_structure()).get_atomic_fraction(el) for el in config.elements]
         for e in results
     ])
     y = np.array([e.objective for e in results])
@@ -150,11 +167,13 @@ def inverse_designed(
     model = GPSurrogate(random_state=seed).fit(fractions, y, bounds=_unit_box(len(config.elements)))
     compositions = optimize_composition(
         model, config.elements, y, n, maximize=config.objective.is_maximized(),
-        max_atoms=config.generator.max_atoms, seed=seed, totals=supported_totals(decorator),
+        max_atoms=config.generator.max_atoms, seed=seed,
+        totals=supported_totals(decorator) if isinstance(decorator, DecorationGenerator) else None,
         max_species=config.generator.max_species,
     )
-    return composition_candidates(compositions, decorator, round_rng(config.seed, round, INVERSE),
-                                  exclude)
+    return composition_candidates(
+        compositions, decorator if isinstance(decorator, DecorationGenerator) else None,
+        round_rng(config.seed, round, INVERSE), exclude)
 
 
 def _unit_box(d: int) -> np.ndarray:

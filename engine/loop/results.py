@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pymatgen.core import Structure
+from matforge.engine.materials.structures import Material, material_as_dict, material_from_dict
 
 RESULT_FILE = "matforge-result.json"
 LOCK_FILE = ".matforge-evaluating.lock"
@@ -56,7 +56,7 @@ def read_result(workdir: str | Path, key: str) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-def evaluate_isolated(make_evaluator: Callable[[], Any], structure: Structure,
+def evaluate_isolated(make_evaluator: Callable[[], Any], structure: Material,
                       workdir: str | Path, key: str, timeout: float | None,
                       label: str = "", env: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate ``structure`` in a child process that is killed at ``timeout``
@@ -64,7 +64,7 @@ def evaluate_isolated(make_evaluator: Callable[[], Any], structure: Structure,
     to ``workdir``; the adapter's own exception is raised here."""
     from matforge.engine.loop.isolate import ChildDied, run_isolated
 
-    run_isolated(evaluate_to_file, (make_evaluator, structure.as_dict(), str(workdir), key),
+    run_isolated(evaluate_to_file, (make_evaluator, material_as_dict(structure), str(workdir), key),
                  timeout, label, env)
     result = read_result(workdir, key)
     if result is None:
@@ -108,7 +108,7 @@ def evaluate_to_file(make_evaluator: Callable[[], Any], structure: dict[str, Any
         if read_result(workdir, key) is not None:
             return  # the other process finished it
         evaluator = make_evaluator()
-        result = evaluator.evaluate(Structure.from_dict(structure), Path(workdir))
+        result = evaluator.evaluate(material_from_dict(structure), Path(workdir))
         hold_termination()
         write_result(workdir, key, result.model_dump())
     finally:

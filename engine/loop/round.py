@@ -40,7 +40,13 @@ from matforge.engine.loop import campaign as stages
 from matforge.engine.loop import screen as screening
 from matforge.engine.loop.lease import Lease
 from matforge.engine.loop.results import evaluate_isolated, read_result
-from matforge.engine.materials.structures import StructureError, check_structure
+from matforge.engine.materials.dedup import StructureIndex, space_group
+from matforge.engine.materials.structures import (
+    StructureError,
+    check_material,
+    composition_of,
+    n_atoms,
+)
 from matforge.engine.settings import get_settings
 from matforge.engine.store.records import RoundResult
 from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation, Owner
@@ -65,7 +71,7 @@ class Work:
     @property
     def label(self) -> str:
         """``<id>-<reduced formula>-<fingerprint prefix>``, unique within a campaign."""
-        formula = self.structure.composition.reduced_formula
+        formula = composition_of(self.structure).reduced_formula
         return f"{self.evaluation_id}-{formula}-{self.fingerprint[:10]}"
 
 
@@ -152,14 +158,14 @@ def evaluate_claimed(
         result = read_result(work.workdir, work.key)
         if result is None:
             try:
-                check_structure(work.structure)
+                check_material(work.structure)
             except StructureError as error:
                 store.complete(work.evaluation_id, "failed", owner=work.owner,
                                error=f"candidate {work.label}: rejected input: {error}")
                 return store.status(work.evaluation_id)
             result = evaluate_isolated(make_evaluator, work.structure, work.workdir, work.key,
                                        work.timeout, work.label, env)
-        return record_result(store, work.evaluation_id, objective, len(work.structure), result,
+        return record_result(store, work.evaluation_id, objective, n_atoms(work.structure), result,
                              work.owner)
 
 
@@ -207,6 +213,16 @@ def _workdir(config: CampaignConfig, evaluation_id: int, fingerprint: str) -> st
     return str(Path(config.workdir) / config.name / f"{evaluation_id:06d}-{fingerprint[:10]}")
 
 
+def history(store: CampaignStore, campaign_id: int, round: int) -> StructureIndex:
+    """The candidates dispatched before ``round``, for deduplication: fingerprints and
+    formulas now, stored structures of a formula and space group when a candidate asks."""
+    return StructureIndex(
+        store.fingerprints(campaign_id, before_round=round),
+        store.formulas(campaign_id, before_round=round),
+        lambda formula, group: store.structures_like(campaign_id, formula, group,
+                                                     before_round=round))
+
+
 def run_round(
     config: CampaignConfig,
     store: CampaignStore,
@@ -244,8 +260,8 @@ def run_round(
 
     pool = []
     if slots:
-        exclude = store.fingerprints(campaign_id, before_round=round)
-        pool = run_stage("propose", stages.propose, config, round, training, exclude)
+        pool = run_stage("propose", stages.propose, config, round, training,
+                         history(store, campaign_id, round))
     generated, refused = dict(getattr(pool, "generated", {})), dict(getattr(pool, "refused", {}))
     store.start_round(campaign_id, round, len(pool), None)
     claimed: list[int] = []
@@ -289,6 +305,8 @@ def run_round(
                 predicted_std=_finite(selection.std[k]),
                 acquisition_value=_finite(selection.acquisition[k]),
                 owner=owner,
+                space_group=space_group(cand.structure) if isinstance(cand.structure, Structure)
+                else None,
             )
             claimed.append(evaluation_id)
     running = [e for e in store.evaluations(campaign_id, statuses=("running",))
@@ -334,12 +352,14 @@ def run_round(
     return result
 
 
-IDENTITY = ("objective", "objectives", "elements", "evaluator.adapter", "evaluator.parameters")
+IDENTITY = ("objective", "objectives", "candidates", "elements", "evaluator.adapter",
+            "evaluator.parameters")
 """What makes a campaign the campaign it is; budget, batch size, acquisition and the rest
 may change between runs (each run's settings are recorded with it)."""
 
-FIXED = ("objective", "objectives")
-"""Changes refused even with ``new_config``: the stored results rank by the objective."""
+FIXED = ("objective", "objectives", "candidates")
+"""Changes refused even with ``new_config``: the stored results rank by the objective, and
+structures and compositions do not share one history."""
 
 
 def _field(config: dict, path: str):
@@ -364,8 +384,8 @@ def check_same_campaign(store: CampaignStore, config: CampaignConfig, new_config
                         source: str = "campaign") -> None:
     """Refuse a configuration that would make campaign ``config.name`` another campaign.
 
-    A changed objective is always refused (a new name starts another campaign); a
-    changed element set or evaluator only without ``new_config``. Raises
+    A changed objective or kind of candidate is always refused (a new name starts another
+    campaign); a changed element set or evaluator only without ``new_config``. Raises
     :class:`ConfigError` saying what changed.
     """
     try:

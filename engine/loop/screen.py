@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Structure
 
 from matforge.engine.config import CampaignConfig
 from matforge.engine.loop.campaign import result_value
 from matforge.engine.loop.isolate import ChildDied, EvaluationTimeout, run_isolated
 from matforge.engine.loop.results import read_result, write_result
+from matforge.engine.materials.structures import Material, material_as_dict, material_from_dict
 
 STARTED = "screen-started"
 """Marker written before a candidate's screen starts: a child that dies leaves it behind,
@@ -69,7 +69,7 @@ def _screen_all(make_screener: Callable[[], Any], items: list[tuple[dict, str, s
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / STARTED).write_text(key)
         try:
-            result = screener.evaluate(Structure.from_dict(structure), workdir).model_dump()
+            result = screener.evaluate(material_from_dict(structure), workdir).model_dump()
         except Exception as error:  # noqa: BLE001 - recorded as this candidate's failure
             result = {"error": describe_error(error)}
         write_result(workdir, key, result)
@@ -78,7 +78,7 @@ def _screen_all(make_screener: Callable[[], Any], items: list[tuple[dict, str, s
 def screen_values(
     config: CampaignConfig,
     make_screener: Callable[[], Any],
-    structures: Sequence[Structure],
+    structures: Sequence[Material],
     fingerprints: Sequence[str],
 ) -> np.ndarray:
     """The screen's property of each structure, array of shape (n_structures,); NaN where
@@ -90,7 +90,7 @@ def screen_values(
     todo = {}
     for structure, workdir, key in zip(structures, dirs, keys):
         if key not in todo and read_result(workdir, key) is None:
-            todo[key] = (structure.as_dict(), str(workdir), key)
+            todo[key] = (material_as_dict(structure), str(workdir), key)
     while todo:
         items = list(todo.values())
         for _, workdir, _ in items:  # left by a run killed mid-screen: not this child's doing

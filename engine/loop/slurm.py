@@ -319,6 +319,7 @@ def run_job(store, work, objective: str, make_evaluator, settings, resources,
     that a retry submits a new one. ``settings`` is ``executor.slurm``.
     """
     from matforge.engine.loop.round import record_result
+    from matforge.engine.materials.structures import n_atoms
 
     evaluation = work.evaluation_id
     status = store.status(evaluation)
@@ -345,11 +346,16 @@ def run_job(store, work, objective: str, make_evaluator, settings, resources,
             store.set_job(evaluation, None, work.owner)  # a retry submits a new job
             (workdir / ERROR_FILE).unlink(missing_ok=True)
             raise error
-    return record_result(store, evaluation, objective, len(work.structure), result, work.owner)
+    return record_result(store, evaluation, objective, n_atoms(work.structure), result,
+                         work.owner)
 
 
 def _adopt_or_submit(store, work, make_evaluator, settings, resources, campaign) -> dict | None:
-    from matforge.engine.materials.structures import StructureError, check_structure
+    from matforge.engine.materials.structures import (
+        StructureError,
+        check_material,
+        material_as_dict,
+    )
 
     workdir = Path(work.workdir)
     name = job_name(work.key)
@@ -361,7 +367,7 @@ def _adopt_or_submit(store, work, make_evaluator, settings, resources, campaign)
             cancel(extra)
     else:
         try:
-            check_structure(work.structure)
+            check_material(work.structure)
         except StructureError as error:
             store.complete(work.evaluation_id, "failed", owner=work.owner,
                            error=f"candidate {work.label}: rejected input: {error}")
@@ -369,7 +375,8 @@ def _adopt_or_submit(store, work, make_evaluator, settings, resources, campaign)
         workdir.mkdir(parents=True, exist_ok=True)
         spec = workdir / SPEC_FILE
         with open(spec, "wb") as handle:
-            pickle.dump({"make_evaluator": make_evaluator, "structure": work.structure.as_dict(),
+            pickle.dump({"make_evaluator": make_evaluator,
+                         "structure": material_as_dict(work.structure),
                          "workdir": str(workdir), "key": work.key, "label": work.label}, handle)
         walltime = min(resources.walltime, work.timeout or math.inf)
         template = (Path(settings.template).read_text() if settings.template else TEMPLATE)

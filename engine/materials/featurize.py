@@ -15,9 +15,9 @@ from functools import lru_cache
 from itertools import combinations_with_replacement
 
 import numpy as np
-from pymatgen.core import Element, Structure
+from pymatgen.core import Composition, Element, Structure
 
-from matforge.engine.materials.structures import reduced_neighbors
+from matforge.engine.materials.structures import composition_of, reduced_neighbors
 
 ELEMENT_PROPERTIES = ("X", "atomic_radius", "melting_point", "group", "row")
 
@@ -36,8 +36,12 @@ class Featurizer(abc.ABC):
     """Turns structures into one feature row each.
 
     The constructor's first argument is the campaign's ``elements``; further
-    settings come from the campaign file's ``featurizer.parameters``.
+    settings come from the campaign file's ``featurizer.parameters``. ``inputs`` says
+    what it can describe: structures, and compositions (a campaign of compositions,
+    ``candidates: composition``) where it needs no geometry.
     """
+
+    inputs: tuple[str, ...] = ("structure",)
 
     @abc.abstractmethod
     def transform(self, structures: Sequence[Structure]) -> np.ndarray:
@@ -76,9 +80,11 @@ class CompositionFeaturizer(_RowFeaturizer):
         stats = [f"{s}_{p}" for p in self.properties for s in ("mean", "std", "min", "max")]
         return [f"frac_{e}" for e in self.elements] + stats
 
-    def featurize(self, structure: Structure) -> np.ndarray:
-        """Features of one structure, array of shape (n_features,)."""
-        comp = structure.composition.fractional_composition
+    inputs = ("structure", "composition")
+
+    def featurize(self, structure: Structure | Composition) -> np.ndarray:
+        """Features of one structure or composition, array of shape (n_features,)."""
+        comp = composition_of(structure).fractional_composition
         symbols = [el.symbol for el in comp]
         weights = np.array([comp[s] for s in symbols])
         fractions = [comp[e] if e in comp else 0.0 for e in self.elements]

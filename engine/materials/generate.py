@@ -18,6 +18,7 @@ from itertools import product
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
+from matforge.engine.materials.dedup import StructureIndex
 from matforge.engine.materials.structures import fingerprint, vegard_volume
 
 PRIMITIVE_CELLS = {
@@ -79,9 +80,14 @@ class Generator(abc.ABC):
     ``max_atoms`` and ``max_species``); the round's state goes in the call.
     Duplicates and candidates already in the store are dropped by the caller, so
     a generator need not track them.
+
+    ``makes`` says what its candidates are: structures, or compositions for a campaign
+    of compositions (``candidates: composition``). One that can make either takes a
+    ``candidates`` argument.
     """
 
     name: str = ""
+    makes: tuple[str, ...] = ("structure",)
 
     @abc.abstractmethod
     def propose(
@@ -241,21 +247,28 @@ def draw_candidates(
     quotas: Sequence[tuple[Generator, int]],
     rng: np.random.Generator,
     parents: Sequence[Candidate] = (),
-    exclude: Iterable[str] = (),
+    exclude: Iterable[str] | StructureIndex = (),
     max_tries: int = 20,
     filters=None,
     refused: Counter | None = None,
 ) -> list[Candidate]:
-    """Distinct candidates, ``quota`` from each generator in turn, none in ``exclude``
-    and none equal to a parent; with ``filters``
+    """Distinct candidates, ``quota`` from each generator in turn, none seen before and
+    none equal to a parent; with ``filters``
     (:class:`~matforge.engine.materials.validity.Filters`) only valid ones, each refusal
     counted in ``refused`` by its reason.
+
+    "Seen" is what ``exclude`` holds: fingerprints, or a
+    :class:`~matforge.engine.materials.dedup.StructureIndex` (a campaign's history, as
+    ``StructureMatcher`` sees it), to which the candidates drawn are added. Candidates are
+    also distinct from each other as the matcher sees them.
 
     Each generator is asked for one candidate at a time until it has given its
     quota of new ones, or ``max_tries * quota`` draws gave no more (a small,
     exhausted search space); its shortfall is not made up by the others.
     """
-    seen = set(exclude) | {p.fingerprint for p in parents}
+    index = exclude if isinstance(exclude, StructureIndex) else StructureIndex(exclude)
+    for p in parents:
+        index.add(p.structure, p.fingerprint)
     out: list[Candidate] = []
     for generator, quota in quotas:
         goal = len(out) + quota
@@ -263,15 +276,15 @@ def draw_candidates(
             if len(out) >= goal:
                 break
             for cand in generator.propose(1, rng, parents):
-                if cand.fingerprint in seen:
-                    continue
+                if index.has_fingerprint(cand.fingerprint):
+                    continue  # the cheap test first: most repeats are exact
                 reason = filters.reason(cand.structure) if filters is not None else None
                 if reason is not None:
                     if refused is not None:
                         refused[reason] += 1
                     continue
-                seen.add(cand.fingerprint)
-                out.append(cand)
+                if index.add(cand.structure, cand.fingerprint):
+                    out.append(cand)
     return out
 
 

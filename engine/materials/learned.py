@@ -17,12 +17,14 @@ well under a second per round on one CPU thread.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from pymatgen.core import Composition, Structure
 
 from matforge.engine.materials.generate import Candidate, DecorationGenerator, Generator
+from matforge.engine.materials.structures import composition_of
 
 
 def snap(fractions: np.ndarray, elements: Sequence[str], max_atoms: int,
@@ -42,9 +44,7 @@ def snap(fractions: np.ndarray, elements: Sequence[str], max_atoms: int,
         if error < best_error - 1e-9:
             best, best_error = counts, error
     present = {e: int(c) for e, c in zip(elements, best) if c}
-    divisor = 0
-    for c in present.values():
-        divisor = np.gcd(divisor, c)
+    divisor = math.gcd(*present.values())
     return Composition({e: c // divisor for e, c in present.items()})
 
 
@@ -125,14 +125,17 @@ class LearnedGenerator(Generator):
     target : the score samples are asked for (1: as good as the best so far)
     min_results : results needed before it proposes
     lattices, max_species : passed to the decoration generator that places alloys
+    candidates : ``composition`` in a campaign of compositions: the snapped compositions
+        themselves, not placed on a lattice
     """
 
     name = "learned"
     trainable = True
+    makes = ("structure", "composition")
 
     def __init__(self, elements: Sequence[str], max_atoms: int = 16, target: float = 1.0,
                  min_results: int = 8, lattices: Sequence[str] = ("fcc", "bcc", "hcp"),
-                 max_species: int = 3):
+                 max_species: int = 3, candidates: str = "structure"):
         if not 0.0 <= float(target) <= 1.5:
             raise ValueError(f"target: a score in [0, 1.5], got {target}")
         self.elements = list(elements)
@@ -140,6 +143,7 @@ class LearnedGenerator(Generator):
         self.target = float(target)
         self.min_results = int(min_results)
         self.decorator = DecorationGenerator(self.elements, lattices, self.max_atoms, max_species)
+        self.candidates = candidates
         self.model: CompositionCVAE | None = None
 
     def vectors(self, structures: Sequence[Structure]) -> np.ndarray:
@@ -147,7 +151,7 @@ class LearnedGenerator(Generator):
         index = {e: i for i, e in enumerate(self.elements)}
         x = np.zeros((len(structures), len(self.elements)))
         for row, structure in enumerate(structures):
-            for element, fraction in structure.composition.fractional_composition.items():
+            for element, fraction in composition_of(structure).fractional_composition.items():
                 x[row, index[element.symbol]] = fraction
         return x
 
@@ -174,6 +178,8 @@ class LearnedGenerator(Generator):
 
     def propose(self, n, rng, parents=()) -> list[Candidate]:
         """Up to ``n`` candidates (none before :meth:`fit` has enough results)."""
+        if self.candidates == "composition":
+            return [Candidate(c, self.name) for c in self.compositions(n, rng)]
         out = []
         for composition in self.compositions(n, rng):
             try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from ase.data import atomic_numbers, reference_states
-from pymatgen.core import DummySpecies, Element, Species, Structure
+from pymatgen.core import Composition, DummySpecies, Element, Species, Structure
 
 FINGERPRINT_CUTOFF = 2.0
 MAX_CELL_LENGTH = 1000.0
@@ -31,26 +31,38 @@ class StructureError(ValueError):
     """A structure that cannot be a candidate; the message says why."""
 
 
+AVOGADRO = 6.02214076e23
+
+
 @lru_cache(maxsize=None)
 def atomic_volume(symbol: str) -> float:
-    """Volume per atom (Å^3) of an element's ground-state crystal.
+    """Volume per atom (Å^3) of an element's own solid.
 
-    From ASE's reference states where they give a cubic or hexagonal lattice,
-    otherwise from pymatgen's atomic radius as a close-packed solid.
+    From ASE's reference states (experimental lattice constants of the elemental ground
+    states) where they give a cubic, diamond or hexagonal close-packed lattice; else
+    pymatgen's molar volume of the solid (room temperature), which covers the complex
+    ground states (α-Mn, Ga, In, β-Sn, Sb, Bi, ...); else a close-packed solid of
+    pymatgen's atomic radius. Raises ValueError naming the element when none applies.
     """
+    if symbol not in atomic_numbers or symbol == "X":
+        raise ValueError(f"elements: {symbol!r} is not a chemical element")
     state = reference_states[atomic_numbers[symbol]] or {}
     kind, a = state.get("symmetry"), state.get("a")
-    if kind == "fcc":
-        return a**3 / 4
-    if kind == "bcc":
-        return a**3 / 2
+    atoms_per_cube = {"sc": 1, "bcc": 2, "fcc": 4, "diamond": 8}
+    if kind in atoms_per_cube:
+        return a**3 / atoms_per_cube[kind]
     if kind == "hcp":
-        c = state.get("c/a", 1.633) * a
-        return np.sqrt(3) / 4 * a * a * c
-    if kind == "diamond":
-        return a**3 / 8
-    radius = Element(symbol).atomic_radius or 1.5
-    return (2 * np.sqrt(2) * float(radius)) ** 3 / 4
+        return np.sqrt(3) / 4 * a**3 * state.get("c/a", 1.633)
+    with warnings.catch_warnings():  # pymatgen warns "No data available" before returning None
+        warnings.simplefilter("ignore")
+        element = Element(symbol)
+        molar, radius = element.molar_volume, element.atomic_radius  # cm^3/mol, Å
+    if molar is not None:
+        return float(molar) * 1e24 / AVOGADRO
+    if radius is not None:
+        return (2 * np.sqrt(2) * float(radius)) ** 3 / 4
+    raise ValueError(f"elements: no atomic volume for {symbol} (neither ASE's reference "
+                     "state nor pymatgen's molar volume or atomic radius gives one)")
 
 
 def vegard_volume(structure: Structure) -> float:
@@ -154,14 +166,61 @@ def reduced_neighbors(structure: Structure, cutoff: float):
     return centers, neighbors, distances / spacing
 
 
-def fingerprint(structure: Structure, decimals: int = 2) -> str:
+Material = Structure | Composition
+"""A candidate: a crystal structure, or in a campaign of compositions (``candidates:
+composition``) a composition only."""
+
+
+def composition_of(material: Material) -> Composition:
+    return material if isinstance(material, Composition) else material.composition
+
+
+def n_atoms(material: Material) -> int:
+    """Sites of a structure; atoms in a composition's formula as written."""
+    return int(round(material.num_atoms)) if isinstance(material, Composition) else len(material)
+
+
+def material_as_dict(material: Material) -> dict:
+    """The JSON form a store or a job file keeps (:func:`material_from_dict` reads it)."""
+    if isinstance(material, Composition):
+        return {"composition": {str(el): float(n) for el, n in material.items()}}
+    return material.as_dict()
+
+
+def material_from_dict(data: dict) -> Material:
+    if set(data) == {"composition"}:
+        return Composition(data["composition"])
+    return Structure.from_dict(data)
+
+
+def check_material(material: Material, max_atoms: int = 500) -> None:
+    """:func:`check_structure` for a structure; a composition needs known elements and
+    positive amounts."""
+    if not isinstance(material, Composition):
+        check_structure(material, max_atoms)
+        return
+    if not material or any(n <= 0 for n in material.values()):
+        raise StructureError(f"composition {material.formula!r}: needs positive amounts")
+    unknown = [str(el) for el in material if not isinstance(el, Element)]
+    if unknown:
+        raise StructureError(f"composition: {', '.join(unknown)} are not chemical elements")
+
+
+def fingerprint(structure: Material, decimals: int = 2) -> str:
     """Canonical hash of a structure, invariant to translation, rotation, atom order and supercell.
+
+    A composition's is the hash of its reduced formula (Li4Mn2O6 is Li2MnO3), and never
+    equals a structure's.
 
     Each site is described by its species and the sorted list of (neighbour
     species, distance in mean atomic spacings) within
     :data:`FINGERPRINT_CUTOFF`; the structure is the multiset of site
     descriptions with counts divided by their greatest common divisor.
     """
+    if isinstance(structure, Composition):
+        fractions = sorted((el.symbol, round(x, 6)) for el, x in
+                           structure.fractional_composition.items())
+        return hashlib.sha1(json.dumps(["composition", fractions]).encode()).hexdigest()
     centers, neighbors, distances = reduced_neighbors(structure, FINGERPRINT_CUTOFF)
     species = [site.specie.symbol for site in structure]
     shells: list[list[tuple[str, float]]] = [[] for _ in species]

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pymatgen.core import Element, Structure
+from pymatgen.core import Composition, Element, Structure
+
+from matforge.engine.materials.structures import composition_of, n_atoms
 
 REASONS = ("unknown element", "too many atoms", "atoms too close", "volume per atom",
            "not charge-balanced")
@@ -38,14 +40,30 @@ class Filters:
     volume_per_atom: tuple[float, float] = (4.0, 80.0)
     charge_balanced: bool = False
 
-    def reason(self, structure: Structure) -> str | None:
-        """The first filter ``structure`` fails (one of :data:`REASONS`), or None."""
-        symbols = [site.specie.symbol for site in structure]
-        if not set(symbols) <= self.elements:
+    def reason(self, structure: Structure | Composition) -> str | None:
+        """The first filter ``structure`` fails (one of :data:`REASONS`), or None. A
+        composition (a campaign of compositions) is held to elements, atoms in its formula
+        and charge balance."""
+        composition = composition_of(structure)
+        if not {el.symbol for el in composition} <= self.elements:
             return "unknown element"
-        if len(structure) > self.max_atoms:
+        if n_atoms(structure) > self.max_atoms:
             return "too many atoms"
-        radii = np.array([float(Element(s).atomic_radius or 1.5) for s in symbols])
+        if isinstance(structure, Structure):
+            reason = self._geometry(structure)
+            if reason is not None:
+                return reason
+        if self.charge_balanced:
+            from matforge.engine.materials.chemistry import charge_states
+
+            counts = {e.symbol: int(round(a)) for e, a in composition.items()}
+            if len(counts) < 2 or charge_states(counts) is None:
+                return "not charge-balanced"
+        return None
+
+    def _geometry(self, structure: Structure) -> str | None:
+        radii = np.array([float(Element(site.specie.symbol).atomic_radius or 1.5)
+                          for site in structure])
         distances = structure.distance_matrix  # nearest periodic images of other atoms
         np.fill_diagonal(distances, np.inf)
         if (distances < self.min_distance * (radii[:, None] + radii[None, :])).any():
@@ -55,12 +73,6 @@ class Filters:
         low, high = self.volume_per_atom
         if not low <= structure.volume / len(structure) <= high:
             return "volume per atom"
-        if self.charge_balanced:
-            from matforge.engine.materials.chemistry import charge_states
-
-            counts = {e.symbol: int(round(a)) for e, a in structure.composition.items()}
-            if len(counts) < 2 or charge_states(counts) is None:
-                return "not charge-balanced"
         return None
 
 

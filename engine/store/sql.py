@@ -45,12 +45,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pymatgen.core import Structure
+from pymatgen.core import Composition
 from sqlalchemy import (
     JSON,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -67,11 +68,18 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from matforge.engine.materials.structures import (
+    Material,
+    composition_of,
+    material_as_dict,
+    material_from_dict,
+    n_atoms,
+)
 from matforge.engine.store.records import RoundRecord, RoundResult
 
 STATUSES = ("running", "accepted", "needs_review", "rejected", "failed")
 FINISHED = ("accepted", "needs_review", "rejected", "failed")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the tables below; bump it and append to :data:`MIGRATIONS` on every change."""
 
 REDACTED = "***"
@@ -254,11 +262,15 @@ class CampaignRow(Base):
 
 class CandidateRow(Base):
     __tablename__ = "candidates"
-    __table_args__ = (UniqueConstraint("campaign_id", "fingerprint"),)
+    __table_args__ = (UniqueConstraint("campaign_id", "fingerprint"),
+                      Index("ix_candidates_campaign_formula", "campaign_id", "reduced_formula"))
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     formula: Mapped[str] = mapped_column(String(200))
+    # deduplication's keys (engine.materials.dedup): reduced formula and space group
+    reduced_formula: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    space_group: Mapped[int | None] = mapped_column(Integer, nullable=True)
     n_atoms: Mapped[int] = mapped_column(Integer)
     structure: Mapped[dict] = mapped_column(JSON)
     generator: Mapped[str] = mapped_column(String(100))
@@ -352,8 +364,10 @@ class Evaluation:
     """Where the evaluation runs, once dispatched to a scheduler (``{"kind": "slurm", "id":
     ..., "log": ...}``): stored before the job may start, so a resumed run re-attaches."""
 
-    def input_structure(self) -> Structure:
-        return Structure.from_dict(self.structure)
+    def input_structure(self) -> Material:
+        """The candidate as proposed: a structure, or in a campaign of compositions a
+        composition."""
+        return material_from_dict(self.structure)
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -511,8 +525,25 @@ def _migrate_3_to_4(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN job {kind}"))
 
 
+def _migrate_4_to_5(conn: Connection) -> None:
+    """Version 5 keeps each candidate's reduced formula and space group, the keys by which
+    a new candidate is compared with the campaign's history. Formulas are filled in here;
+    space groups of earlier candidates are computed when a candidate of the same formula
+    needs them."""
+    columns = {c["name"] for c in inspect(conn).get_columns("candidates")}
+    for name, kind in (("reduced_formula", "VARCHAR(200)"), ("space_group", "INTEGER")):
+        if name not in columns:
+            conn.execute(text(f"ALTER TABLE candidates ADD COLUMN {name} {kind}"))
+    candidates = CandidateRow.__table__
+    for cid, formula in conn.execute(select(candidates.c.id, candidates.c.formula)).all():
+        conn.execute(candidates.update().where(candidates.c.id == cid).values(
+            reduced_formula=Composition(formula).reduced_formula))
+    next(i for i in candidates.indexes if i.name == "ix_candidates_campaign_formula").create(
+        conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
 """``MIGRATIONS[v]`` turns a version-``v`` database into version ``v + 1``."""
 
 
@@ -730,11 +761,36 @@ class CampaignStore:
                 q = q.where(CandidateRow.round < before_round)
             return set(s.scalars(q))
 
+    def formulas(self, campaign_id: int, before_round: int | None = None) -> set[str]:
+        """Reduced formulas of the candidates dispatched (in rounds before ``before_round``)."""
+        with self._session() as s:
+            q = select(CandidateRow.reduced_formula).distinct().where(
+                CandidateRow.campaign_id == campaign_id)
+            if before_round is not None:
+                q = q.where(CandidateRow.round < before_round)
+            return set(s.scalars(q))
+
+    def structures_like(
+        self, campaign_id: int, formula: str, space_group: int, before_round: int | None = None
+    ) -> list[tuple[str, Material, int | None]]:
+        """(fingerprint, structure, space group) of the candidates dispatched (before
+        ``before_round``) with this reduced formula whose space group is ``space_group`` or
+        was not recorded (None): what a new candidate is compared with by the matcher."""
+        with self._session() as s:
+            q = select(CandidateRow.fingerprint, CandidateRow.structure,
+                       CandidateRow.space_group).where(
+                CandidateRow.campaign_id == campaign_id,
+                CandidateRow.reduced_formula == formula,
+                (CandidateRow.space_group == space_group) | CandidateRow.space_group.is_(None))
+            if before_round is not None:
+                q = q.where(CandidateRow.round < before_round)
+            return [(fp, material_from_dict(d), g) for fp, d, g in s.execute(q)]
+
     def claim(
         self,
         campaign_id: int,
         round: int,
-        structure: Structure,
+        structure: Material,
         fingerprint: str,
         generator: str,
         adapter: str,
@@ -745,9 +801,12 @@ class CampaignStore:
         predicted_std: float | None = None,
         acquisition_value: float | None = None,
         owner: str | None = None,
+        space_group: int | None = None,
     ) -> Claim:
         """Record a candidate and claim its evaluation before dispatch.
 
+        ``space_group`` (:func:`~matforge.engine.materials.dedup.space_group`) is kept with
+        the candidate for later deduplication; left out, it is computed when needed.
         Returns the evaluation's id, status and whether this call made the claim.
         An evaluation with the same idempotency key (:func:`evaluation_key`) is
         returned as it is, so a repeated round never pays for it twice; of
@@ -758,7 +817,7 @@ class CampaignStore:
                 return self._claim(
                     campaign_id, round, structure, fingerprint, generator, adapter,
                     adapter_parameters, parent, model_version, predicted_mean,
-                    predicted_std, acquisition_value, owner,
+                    predicted_std, acquisition_value, owner, space_group,
                 )
             except IntegrityError:
                 # another process inserted the same candidate or key first: read theirs
@@ -769,6 +828,7 @@ class CampaignStore:
     def _claim(
         self, campaign_id, round, structure, fingerprint, generator, adapter, adapter_parameters,
         parent, model_version, predicted_mean, predicted_std, acquisition_value, owner,
+        space_group,
     ) -> Claim:
         with self._session.begin() as s:
             campaign = s.get(CampaignRow, campaign_id)
@@ -791,9 +851,11 @@ class CampaignStore:
                 cand = CandidateRow(
                     campaign_id=campaign_id,
                     fingerprint=fingerprint,
-                    formula=structure.composition.formula.replace(" ", ""),
-                    n_atoms=len(structure),
-                    structure=structure.as_dict(),
+                    formula=composition_of(structure).formula.replace(" ", ""),
+                    reduced_formula=composition_of(structure).reduced_formula,
+                    space_group=space_group,
+                    n_atoms=n_atoms(structure),
+                    structure=material_as_dict(structure),
                     generator=generator,
                     parent=parent,
                     round=round,

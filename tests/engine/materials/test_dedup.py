@@ -7,7 +7,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from matforge.engine.materials.dedup import StructureIndex, structure_key
+from matforge.engine.materials.dedup import StructureIndex, space_group, structure_key
+from matforge.engine.materials.structures import fingerprint
 
 
 def _cases() -> list[Structure]:
@@ -54,9 +55,9 @@ def test_the_index_keeps_exactly_one_structure_per_group_of_the_matcher():
     index = StructureIndex()
     new = index.extend(structures)
     assert sum(new) == len(groups) == 6
+    kept = {fingerprint(s): s for s, is_new in zip(structures, new) if is_new}
     for s in structures:  # each maps to the one kept structure of its matcher group
-        kept = index._structures[index.find(s)]
-        assert group_of[id(kept)] == group_of[id(s)]
+        assert group_of[id(kept[index.find(s)])] == group_of[id(s)]
 
 
 def test_keys_separate_by_formula_and_space_group_before_the_matcher():
@@ -67,3 +68,30 @@ def test_keys_separate_by_formula_and_space_group_before_the_matcher():
     assert index.comparisons <= 8
     assert structure_key(structures[0]).space_group == 225
     assert structure_key(structures[8]).space_group == 216
+
+
+def test_stored_structures_are_loaded_only_for_a_shared_formula_and_space_group():
+    structures = _cases()
+    stored = [structures[0], structures[11]]  # rock-salt MgO, L1_2 Cu3Au
+    asked = []
+
+    def load(formula, group):
+        asked.append((formula, group))
+        return [(fingerprint(s), s, None) for s in stored
+                if s.composition.reduced_formula == formula]
+
+    index = StructureIndex([fingerprint(s) for s in stored],
+                           [s.composition.reduced_formula for s in stored], load)
+    # found by fingerprint (a supercell), by the matcher (strained, rattled), or new
+    assert index.find(structures[1]) == fingerprint(structures[0])
+    assert asked == []
+    assert index.find(structures[5]) == fingerprint(structures[0])
+    assert index.find(structures[7]) == fingerprint(structures[0])
+    assert asked == [("MgO", 225)]  # loaded once for rock salt
+    assert not index.add(structures[14])  # L1_2 with Au moved: stored already
+    assert index.add(structures[13])  # D0_22 Cu3Au: same formula, another group
+    assert index.add(structures[8])  # zinc blende: same formula, another group
+    assert index.add(structures[10])  # NaCl: a formula nothing stored has
+    assert sorted(asked) == [("Cu3Au", 139), ("MgO", 216), ("MgO", 225)]
+    assert len(index) == 3 and index.comparisons == 2
+    assert space_group(structures[8]) == 216

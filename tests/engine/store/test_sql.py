@@ -234,6 +234,16 @@ def test_a_version_1_store_opens_with_its_data_intact(store_url):
         1, "accepted", False,
     )
     assert store.claim(cid, 1, _cu(), "fp4", "g", "emt", {"fmax": 0.1}).new
+    # deduplication's keys: old candidates' formulas filled in, space groups left to compute
+    assert store.formulas(cid) == {"Cu"}
+    assert store.claim(cid, 1, _cu(), "fp5", "g", "emt", {}, space_group=225).new
+    assert store.claim(cid, 1, _cu(), "fp6", "g", "emt", {}, space_group=229).new
+    like = store.structures_like(cid, "Cu", 225)
+    assert sorted((fp, g) for fp, _, g in like) == [
+        ("fp1", None), ("fp2", None), ("fp3", None), ("fp4", None), ("fp5", 225)]
+    assert like[0][1] == _cu()
+    assert [fp for fp, _, _ in store.structures_like(cid, "Cu", 229, before_round=1)] == [
+        "fp1", "fp2", "fp3"]
     with store.engine.connect() as conn:
         assert "hunter2" not in str(
             list(conn.execute(text("SELECT adapter_parameters FROM evaluations")))
@@ -241,7 +251,7 @@ def test_a_version_1_store_opens_with_its_data_intact(store_url):
     store.close()
     # opening again does not migrate again
     again = CampaignStore(store_url)
-    assert len(again.evaluations(again.campaign_id("old"))) == 4
+    assert len(again.evaluations(again.campaign_id("old"))) == 6
     again.close()
 
 
