@@ -24,7 +24,17 @@ def residual_scores(observed: np.ndarray, mean: np.ndarray, std: np.ndarray) -> 
     return np.where(np.isfinite(z), z, 0.0)
 
 
-def flag_anomalies(
+def flag_anomalies(X: np.ndarray, residuals: np.ndarray, **settings) -> np.ndarray:
+    """Mark results that DBSCAN leaves as noise: ``cluster_labels(...) == -1``.
+
+    Returns
+    -------
+    flagged : bool array of shape (n_results,)
+    """
+    return cluster_labels(X, residuals, **settings) == -1
+
+
+def cluster_labels(
     X: np.ndarray,
     residuals: np.ndarray,
     *,
@@ -34,7 +44,8 @@ def flag_anomalies(
     n_components: int = 4,
     residual_weight: float = 1.0,
 ) -> np.ndarray:
-    """Mark results that DBSCAN leaves as noise.
+    """DBSCAN's cluster of each result over principal components of the features and the
+    surrogate's residual (-1: noise, an anomaly).
 
     Parameters
     ----------
@@ -47,12 +58,12 @@ def flag_anomalies(
 
     Returns
     -------
-    flagged : bool array of shape (n_results,)
+    labels : int array of shape (n_results,); all 0 when there are too few results
     """
     X = np.asarray(X, dtype=float)
     n = len(X)
     if n <= min_samples:
-        return np.zeros(n, dtype=bool)
+        return np.zeros(n, dtype=int)
     k = min(n_components, X.shape[1], n - 1)
     Z = PCA(n_components=k, random_state=0).fit_transform(X) if k > 0 else np.zeros((n, 0))
     scale = Z.std(axis=0).mean() if k > 0 and Z.std() > 0 else 1.0
@@ -62,6 +73,5 @@ def flag_anomalies(
         dist, _ = NearestNeighbors(n_neighbors=min_samples).fit(Z).kneighbors(Z)
         eps = float(np.quantile(dist[:, -1], eps_quantile))
         if eps <= 0:
-            return np.zeros(n, dtype=bool)
-    labels = DBSCAN(eps=float(eps), min_samples=min_samples).fit_predict(Z)
-    return labels == -1
+            return np.zeros(n, dtype=int)
+    return DBSCAN(eps=float(eps), min_samples=min_samples).fit_predict(Z)

@@ -362,6 +362,24 @@ def select(
     )
 
 
+def anomaly_inputs(config: CampaignConfig, results: Sequence[Evaluation]):
+    """What DBSCAN clusters: the results' standardized features and the surrogate's
+    standardized residual at claim time (0 where there was no prediction)."""
+    (X,) = standardize(featurize(config, [e.input_structure() for e in results]))
+    residuals = residual_scores(
+        np.array([e.objective for e in results], dtype=float),
+        np.array([np.nan if e.predicted_mean is None else e.predicted_mean for e in results]),
+        np.array([np.nan if e.predicted_std is None else e.predicted_std for e in results]),
+    )
+    return X, residuals
+
+
+def anomaly_settings(config: CampaignConfig) -> dict:
+    s = config.anomaly
+    return dict(eps=s.eps, min_samples=s.min_samples, eps_quantile=s.eps_quantile,
+                n_components=s.n_components, residual_weight=s.residual_weight)
+
+
 def flag(config: CampaignConfig, results: Sequence[Evaluation], round: int) -> list[int]:
     """Ids of this round's accepted results that DBSCAN marks as anomalous.
 
@@ -369,23 +387,8 @@ def flag(config: CampaignConfig, results: Sequence[Evaluation], round: int) -> l
     featurized, standardized and clustered with the surrogate's standardized
     residual at claim time (:func:`~matforge.engine.loop.anomaly.flag_anomalies`).
     """
-    settings = config.anomaly
-    if not settings.enabled or len(results) < settings.min_results:
+    if not config.anomaly.enabled or len(results) < config.anomaly.min_results:
         return []
-    (X,) = standardize(featurize(config, [e.input_structure() for e in results]))
-    residuals = residual_scores(
-        np.array([e.objective for e in results], dtype=float),
-        np.array([np.nan if e.predicted_mean is None else e.predicted_mean for e in results]),
-        np.array([np.nan if e.predicted_std is None else e.predicted_std for e in results]),
-    )
-    flagged = flag_anomalies(
-        X,
-        residuals,
-        eps=settings.eps,
-        min_samples=settings.min_samples,
-        eps_quantile=settings.eps_quantile,
-        n_components=settings.n_components,
-        residual_weight=settings.residual_weight,
-    )
+    flagged = flag_anomalies(*anomaly_inputs(config, results), **anomaly_settings(config))
     return [e.id for e, f in zip(results, flagged)
             if f and e.round == round and e.status == "accepted"]
