@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,8 +240,19 @@ class Owner:
     config: dict
 
     def alive(self, now: datetime | None = None) -> bool:
-        """Whether this run still holds its lease: not ended, and heartbeating in time."""
-        return self.ended_at is None and self.expires_at > (now or utcnow())
+        """Whether this run still holds its lease: not ended, heartbeating in time, and, when
+        it ran on this host, its process still there (a killed run is dead at once, not
+        when its lease runs out)."""
+        if self.ended_at is not None or self.expires_at <= (now or utcnow()):
+            return False
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass  # another user's process: it exists
+        return True
 
     def describe(self, now: datetime | None = None) -> str:
         """``owner 1a2b3c4d (pid 123 on host, heartbeat 2 s ago)``."""

@@ -93,6 +93,28 @@ def _squeue(name_prefix: str = "mf-") -> list[tuple[str, str, str]]:
     return [r for r in rows if r[1].startswith(name_prefix)]
 
 
+@pytest.fixture(autouse=True)
+def _no_jobs_left_behind(request):
+    """Each Slurm test starts and ends with an empty queue, so a test that failed with jobs
+    queued does not hand them to the next one (which picks jobs from squeue)."""
+    if "local_slurm" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("local_slurm")
+
+    def cancel_all():
+        jobs = [job for job, _, _ in _squeue()]
+        if jobs:
+            subprocess.run(["scancel", *jobs], check=False)
+            deadline = time.monotonic() + 60
+            while _squeue() and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+    cancel_all()
+    yield
+    cancel_all()
+
+
 def _matforge_run(path: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "matforge.flows.cli", "run", str(path)],
                             cwd=path.parent, env=env, stdout=subprocess.DEVNULL,
@@ -182,8 +204,10 @@ def test_a_cancelled_job_fails_with_the_reason_and_a_job_past_its_walltime_is_a_
     failed = [e for e in _evaluations(tmp_path, "slurm-lost")]
     assert [e.status for e in failed] == ["failed", "failed"]
     errors = sorted(e.error for e in failed)
-    assert any(f"Slurm job {cancelled} was cancelled" in e and "JobLost" in e for e in errors)
-    assert any("passed its walltime (TIMEOUT)" in e and "EvaluationTimeout" in e for e in errors)
+    assert any(f"Slurm job {cancelled} was cancelled" in e and "JobLost" in e
+               for e in errors), errors
+    assert any("passed its walltime (TIMEOUT)" in e and "EvaluationTimeout" in e
+               for e in errors), errors
 
 
 def _runs_elsewhere(lines: list[list[str]]) -> set[str]:

@@ -3,6 +3,7 @@ lease expires, and one campaign name for one campaign."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -131,3 +132,22 @@ def test_a_changed_objective_elements_or_evaluator_under_one_name_is_refused(sto
     wider = parse_config({**base, "budget": 7, "elements": ["Cu", "Au", "Pt"]})
     assert run_campaign(wider, store, evaluator, dispatch, new_config=True)["evaluations"] == 7
     assert [o.config["budget"] for o in store.owners(cid)] == [4, 6, 7]
+
+
+def test_a_killed_run_on_this_host_is_not_alive_before_its_lease_runs_out():
+    import socket
+    import subprocess
+    from datetime import timedelta
+
+    from matforge.engine.store.sql import Owner, utcnow
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = utcnow()
+    owner = Owner(id="a" * 32, host=socket.gethostname(), pid=gone.pid, started_at=now,
+                  heartbeat_at=now, expires_at=now + timedelta(seconds=60), ended_at=None,
+                  ended=None, config={})
+    assert not owner.alive()  # its process is gone: no need to wait for the lease
+    elsewhere = Owner(**{**owner.__dict__, "host": "another-node"})
+    assert elsewhere.alive()  # another host's process cannot be seen: the lease decides
+    assert Owner(**{**owner.__dict__, "pid": os.getpid()}).alive()
