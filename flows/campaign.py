@@ -4,59 +4,58 @@ The round's science, budget and resume rules live in
 :func:`matforge.engine.loop.round.run_campaign`; this module only gives it a
 dispatcher that runs each evaluation as a task where the campaign's ``executor``
 says (:mod:`matforge.flows.executors`: local processes, Dask, Slurm jobs), runs
-each stage as a task so it shows in the UI, logs each round and publishes the
-needs-review table.
+each stage as a task named by stage and round so it shows in the UI, names the flow
+run by campaign, run and rounds, logs what each round did in the science, and publishes
+the round's artifacts (:mod:`matforge.flows.artifacts`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from matforge.adapters.base import check_resources
 from matforge.adapters.registry import build_evaluators
 from matforge.engine.config import CampaignConfig
+from matforge.engine.loop.report import round_lines
 from matforge.engine.loop.round import run_campaign
 from matforge.engine.settings import limit_threads
 from matforge.engine.store.records import RoundResult
 from matforge.engine.store.sql import CampaignStore, Owner
+from matforge.flows.artifacts import (
+    publish_review,
+    publish_round,
+    rename_flow_run,
+    run_name,
+    run_number,
+)
 from matforge.flows.executors import dispatcher
 
 TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-def stage_task(name: str, function, *args):
-    """Run one round stage as a Prefect task named after it."""
-    return task(function, name=f"{name}_task", **TASK)(*args)
+def stage_task(name: str, function, *args, round: int | None = None):
+    """Run one round stage as a Prefect task named after it, its run after the round too."""
+    run = name if round is None else f"{name} · round {round}"
+    return task(function, name=name, task_run_name=run, **TASK)(*args)
 
 
-@task(**TASK)
-def review_artifact_task(config: CampaignConfig, campaign_id: int) -> None:
-    store = _store(config.store)
-    pending = store.evaluations(campaign_id, statuses=("needs_review",))
-    rows = [
-        {
-            "evaluation": e.id,
-            "round": e.round,
-            "formula": e.formula,
-            config.objective.property: e.objective,
-            "predicted": e.predicted_mean,
-            "predicted_std": e.predicted_std,
-        }
-        for e in pending
-    ]
-    key = re.sub(r"[^a-z0-9-]+", "-", f"{config.name}-needs-review".lower()).strip("-")
-    create_table_artifact(
-        key=key,
-        table=rows or [{"evaluation": None, "note": "nothing awaits review"}],
-        description=f"Results of {config.name} held out of training until reviewed "
-        f"(`matforge review`).",
-    )
+class _QuietStates(logging.Filter):
+    """Drops the task engine's "Finished in state Completed()" lines, which would bury what
+    the campaign logs; failures, retries and crashes still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Finished in state Completed")
+
+
+def _quiet_task_states() -> None:
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _QuietStates) for f in logger.filters):
+        logger.addFilter(_QuietStates())
 
 
 _stores: dict[str, CampaignStore] = {}
@@ -102,36 +101,40 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
     the best result.
     """
     logger = get_run_logger()
+    _quiet_task_states()
     limit_threads()  # a deployment's worker does not pass through the CLI
     store = _store(config.store)
     # before the evaluations' fork server starts, which keeps the environment it started with
     export_secrets(config.evaluator.env_from_blocks)
     # a deployment's run is checked like the command line's: adapters, properties, resources
     config, evaluator, screener = build_evaluators(config, source=f"campaign {config.name!r}")
-    campaign_id = None
+    unit = evaluator.implemented_properties.get(config.objective.property, "")
+    number = run_number(store, config.name)
+    rename_flow_run(run_name(config.name, number))
+    rounds: list[int] = []
 
     def on_round(result: RoundResult) -> None:
-        nonlocal campaign_id
-        logger.info(
-            "round %d: %d claimed, %d evaluated, %d flagged, best %s = %s%s",
-            result.round, len(result.claimed), result.evaluated, len(result.flagged),
-            config.objective.property, result.best,
-            f" ({result.note})" if result.note else "",
-        )
-        if result.generated or result.refused:
-            logger.info("round %d pool: %s; refused: %s", result.round,
-                        ", ".join(f"{k} {v}" for k, v in sorted(result.generated.items())),
-                        ", ".join(f"{k} {v}" for k, v in sorted(result.refused.items()))
-                        or "none")
-        if result.flagged:
-            campaign_id = campaign_id or store.campaign_id(config.name)
-            review_artifact_task(config, campaign_id)
+        rounds.append(result.round)
+        campaign_id = store.campaign_id(config.name)
+        try:
+            report = publish_round(config, store, campaign_id, unit)
+            publish_review(config, store, campaign_id)
+        except Exception as error:  # noqa: BLE001 - a plot never stops a campaign
+            logger.warning("round %d: artifacts not published: %s: %s", result.round,
+                           type(error).__name__, error)
+            report = None
+        for line in round_lines(config, result, unit, report):
+            logger.info("%s", line)
 
     def on_wait(owner: Owner) -> None:
         logger.warning("campaign %s is being run by %s; waiting until it ends or its "
                        "lease expires", config.name, owner.describe())
 
     resources = check_resources(config, type(evaluator), f"campaign {config.name!r}")
-    with dispatcher(config, store, resources) as dispatch:
-        return run_campaign(config, store, evaluator, dispatch, stage_task, on_round,
-                            new_config=new_config, on_wait=on_wait, screener=screener)
+    try:
+        with dispatcher(config, store, resources) as dispatch:
+            return run_campaign(config, store, evaluator, dispatch, stage_task, on_round,
+                                new_config=new_config, on_wait=on_wait, screener=screener)
+    finally:
+        if rounds:
+            rename_flow_run(run_name(config.name, number, min(rounds), max(rounds)))

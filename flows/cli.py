@@ -256,11 +256,79 @@ def cmd_review(args) -> int:
             if ids:
                 store.set_status(ids, status, note=args.note)
                 print(f"{status}: {', '.join(map(str, ids))}")
-        if not (args.accept or args.reject):
-            for e in store.evaluations(cid, statuses=("needs_review",)):
-                print(f"#{e.id} round {e.round} {e.formula}: objective {e.objective} "
-                      f"(predicted {e.predicted_mean} ± {e.predicted_std})")
+        config = parse_config(store.campaign_config(name), name)
+        if args.accept or args.reject:
+            _republish_review(config, store, cid)
+        else:
+            from matforge.flows.artifacts import review_rows
+
+            rows = review_rows(config, store, cid)
+            if not rows:
+                print(f"{name}: nothing waits for review")
+            for row in rows:
+                print(f"#{row['evaluation']} round {row['round']} {row['formula']}: "
+                      f"{config.objective.property} {row[config.objective.property]} "
+                      f"(predicted {row['predicted'] or 'before any model'})")
     return 0
+
+
+def cmd_report(args) -> int:
+    from matforge.engine.store.sql import SchemaError, StoreError
+
+    try:
+        store, name = _open(args.target, args.store)
+    except (ConfigError, StoreError, SchemaError) as error:
+        return _fail(str(error))
+    out = Path(args.out or f"{name}-report.html")
+    why = _unwritable(out)
+    if why:
+        store.close()
+        return _fail(f"--out {out}: {why}")
+    with closing(store):
+        try:
+            cid = store.campaign_id(name)
+        except KeyError as error:
+            return _fail(str(error).strip("'\""))
+        from matforge.engine.loop.report import campaign_report
+        from matforge.flows.artifacts import baseline_of
+
+        config = parse_config(store.campaign_config(name), name)
+        report = campaign_report(config, store.evaluations(cid), baseline_of(store, name),
+                                 _declared_unit(config))
+    out.write_text(report.html())
+    print(f"{name}: report with {len(report.figures)} figure(s) written to {out}")
+    return 0
+
+
+def _declared_unit(config: CampaignConfig) -> str:
+    """The objective's unit as the adapter class declares it (no adapter is built)."""
+    from matforge.adapters.base import Evaluator
+    from matforge.engine import plugins
+
+    try:
+        cls = plugins.load("adapters", config.evaluator.adapter, Evaluator)
+    except plugins.PluginError:
+        return ""
+    declared = config.evaluator.parameters.get("properties") or cls.implemented_properties
+    unit = declared.get(config.objective.property, "") if isinstance(declared, dict) else ""
+    return unit if isinstance(unit, str) else ""
+
+
+def _republish_review(config: CampaignConfig, store, campaign_id: int) -> None:
+    """The UI's needs-review table after a decision, where a Prefect server answers (none is
+    started for this)."""
+    from matforge.flows.server import running_prefect_api
+
+    api = running_prefect_api()
+    if api is None:
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from matforge.flows.artifacts import publish_review
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        publish_review(config, store, campaign_id)
+    print("the needs-review table in the Prefect UI is updated")
 
 
 def _unwritable(path: Path) -> str | None:
@@ -430,6 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--reject", type=int, nargs="*", default=[], metavar="ID")
     review.add_argument("--note", help="why, kept with the decision")
     review.set_defaults(func=cmd_review)
+
+    report = sub.add_parser("report", help="write the campaign's report (progress against "
+                                           "random picks, model quality, explored space) as "
+                                           "one self-contained HTML file")
+    report.add_argument("target", metavar="CONFIG_OR_NAME")
+    report.add_argument("--store", help="store URL when giving a campaign name")
+    report.add_argument("--out", help="the HTML file (default: <campaign>-report.html here)")
+    report.set_defaults(func=cmd_report)
 
     listing = sub.add_parser("plugins", help="list installed generators, featurizers, "
                              "surrogates, acquisitions and adapters")

@@ -88,6 +88,17 @@ def ensure_prefect_api() -> str:
     return url
 
 
+def running_prefect_api() -> str | None:
+    """The configured Prefect API, or the local server, if it answers now; None otherwise
+    (nothing is started)."""
+    from prefect.settings import PREFECT_API_URL
+
+    settings = get_settings()
+    url = settings.prefect_api_url or PREFECT_API_URL.value() or \
+        f"http://{settings.prefect_host}:{settings.prefect_port}/api"
+    return url if api_healthy(url) else None
+
+
 @contextmanager
 def prefect_api():
     """Run the body against :func:`ensure_prefect_api`'s server; yields its URL."""

@@ -90,10 +90,11 @@ Dispatcher = Callable[[Sequence[Work]], None]
 (``accepted``, ``failed``) unless the process is stopped."""
 
 StageRunner = Callable[..., Any]
-"""``run_stage(name, function, *args) -> function(*args)``."""
+"""``run_stage(name, function, *args, round=r) -> function(*args)``: stage ``name`` of round
+``r`` (the flow names its task run after both)."""
 
 
-def call_stage(name: str, function: Callable, *args):
+def call_stage(name: str, function: Callable, *args, round: int | None = None):
     return function(*args)
 
 
@@ -248,6 +249,7 @@ def run_round(
     (:mod:`~matforge.engine.loop.screen`).
     """
     started = time.perf_counter()
+    stage = partial(run_stage, round=round)
     maximize = config.objective.is_maximized()
     training = training_set(store, campaign_id, round, maximize)
     in_round = store.evaluations(campaign_id, round=round)
@@ -260,7 +262,7 @@ def run_round(
 
     pool = []
     if slots:
-        pool = run_stage("propose", stages.propose, config, round, training,
+        pool = stage("propose", stages.propose, config, round, training,
                          history(store, campaign_id, round))
     generated, refused = dict(getattr(pool, "generated", {})), dict(getattr(pool, "refused", {}))
     store.start_round(campaign_id, round, len(pool), None)
@@ -268,15 +270,15 @@ def run_round(
     # a round resumed with its claims complete keeps the model that picked them
     model_version = in_round[0].model_version if in_round else None
     if pool:
-        X_train = run_stage("featurize", stages.featurize, config,
+        X_train = stage("featurize", stages.featurize, config,
                             [e.input_structure() for e in training])
-        X_pool = run_stage("featurize", stages.featurize, config, [c.structure for c in pool])
+        X_pool = stage("featurize", stages.featurize, config, [c.structure for c in pool])
         if screener is not None and getattr(screener, "trainable", False):
-            screener = run_stage("train_screen", screening.train_screener, screener, training)
+            screener = stage("train_screen", screening.train_screener, screener, training)
         if screener is not None:
             structures = [e.input_structure() for e in training] + [c.structure for c in pool]
             fingerprints = [e.fingerprint for e in training] + [c.fingerprint for c in pool]
-            values = run_stage("screen", screening.screen_values, config,
+            values = stage("screen", screening.screen_values, config,
                                partial(_itself, screener), structures, fingerprints)
             s_train, s_pool = values[:len(training)], values[len(training):]
             kept = screening.keep_best(config, s_pool,
@@ -286,7 +288,7 @@ def run_round(
                 X_train = screening.with_screen(X_train, s_train)
                 X_pool = screening.with_screen(X_pool, s_pool)
     if pool:
-        selection = run_stage("select", stages.select, config, round, X_pool, X_train, training,
+        selection = stage("select", stages.select, config, round, X_pool, X_train, training,
                               n_pick)
         model_version = selection.model_version
         taken = {e.fingerprint for e in in_round}
@@ -322,7 +324,7 @@ def run_round(
                    config.evaluator.timeout) for e in running])
 
     results = store.evaluations(campaign_id, statuses=("accepted", "needs_review"))
-    flagged = run_stage("flag", stages.flag, config, results, round)
+    flagged = stage("flag", stages.flag, config, results, round)
     if flagged:
         store.set_status(flagged, "needs_review", note=f"flagged by DBSCAN in round {round}")
 
@@ -330,17 +332,17 @@ def run_round(
     training = training_set(store, campaign_id, round + 1, maximize)
     metrics = None
     if len(training) >= 3 and stages.needs_model(config):  # every fold keeps two points to fit
-        X = run_stage("featurize", stages.featurize, config,
+        X = stage("featurize", stages.featurize, config,
                       [e.input_structure() for e in training])
         # screened already (the candidates were in the pool): read back; a screen trained on
         # results that has not been trained (too few yet) screens nothing
         if screener is not None and config.screen.as_feature and (
                 getattr(screener, "version_", "") is not None):
-            X = screening.with_screen(X, run_stage(
+            X = screening.with_screen(X, stage(
                 "screen", screening.screen_values, config, partial(_itself, screener),
                 [e.input_structure() for e in training], [e.fingerprint for e in training]))
         y = np.array([e.objective for e in training])
-        metrics = run_stage("retrain", stages.surrogate_metrics, config, X, y)
+        metrics = stage("retrain", stages.surrogate_metrics, config, X, y)
     result = RoundResult(
         round=round, n_pool=len(pool), model_version=model_version, claimed=claimed,
         evaluated=len(running), flagged=flagged,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from matforge.engine.config import load_config
 from matforge.engine.loop.round import training_set as _training
 from matforge.engine.store.sql import CampaignStore
-from matforge.flows.campaign import campaign_flow, review_artifact_task
+from matforge.flows.artifacts import publish_review
+from matforge.flows.campaign import campaign_flow
 from matforge.flows.cli import main
 
 
@@ -34,19 +38,21 @@ def test_review_holds_results_out_until_a_person_decides(prefect_server, tmp_pat
 
     @flow
     def publish():
-        review_artifact_task(config, cid)
+        publish_review(config, store, cid)
 
     publish()
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review-me-needs-review"]))
-        )
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review-me-needs-review"])),
+            sort=ArtifactSort.CREATED_DESC)
     assert artifacts and artifacts[0].type == "table"
     assert str(ids[0]) in str(artifacts[0].data) and str(ids[1]) in str(artifacts[0].data)
 
     assert main(["review", str(path)]) == 0
     listed = capsys.readouterr().out
     assert f"#{ids[0]} " in listed and f"#{ids[1]} " in listed and f"#{ids[2]} " not in listed
+    # numbers to the digits they support, not 16
+    assert not re.search(r"\d\.0*[1-9]\d{4,}", listed), listed  # 4 significant digits
 
     # contradictory or partly wrong decisions are refused whole: nothing changes
     refused = [
@@ -64,6 +70,15 @@ def test_review_holds_results_out_until_a_person_decides(prefect_server, tmp_pat
                  "--note", "checked by hand"]) == 0
     statuses = {e.id: e.status for e in store.evaluations(cid)}
     assert statuses[ids[0]] == "accepted" and statuses[ids[1]] == "rejected"
+    assert "needs-review table in the Prefect UI is updated" in capsys.readouterr().out
+    # the UI's table follows the decision: it no longer lists what was decided
+    with get_client(sync_client=True) as client:
+        (latest, *_) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review-me-needs-review"])),
+            sort=ArtifactSort.CREATED_DESC)
+    assert "nothing waits for review" in str(latest.data)
+    assert main(["review", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "Review-Me: nothing waits for review"
     assert {e.id for e in _training(store, cid, 1, maximize=False)} == {ids[0], *ids[2:]}
 
     # deciding twice, or on a result that was never flagged, is refused and changes nothing

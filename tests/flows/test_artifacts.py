@@ -1,0 +1,81 @@
+"""What a campaign shows in the Prefect UI, read back through the Prefect API: run names,
+task runs by stage and round, and the artifacts under their stable keys; and the same
+report as one HTML file."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.sorting import ArtifactSort
+
+from matforge.engine.config import load_config
+from matforge.flows.campaign import campaign_flow
+from matforge.flows.cli import main
+
+CAMPAIGN = {
+    "name": "UI_test", "elements": ["Cu", "Au", "Pt"],
+    "generator": {"pool_size": 30, "max_atoms": 8},
+    "batch_size": 4, "budget": 8,
+    "evaluator": {"adapter": "emt", "parameters": {"fmax": 0.1, "max_steps": 100}},
+    "anomaly": {"min_results": 4}, "store": "sqlite:///store.db", "seed": 2,
+}
+
+
+def _artifacts(client, key):
+    return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+        any_=[key])), sort=ArtifactSort.CREATED_DESC)
+
+
+def test_a_campaign_names_its_runs_and_publishes_its_artifacts(prefect_server, tmp_path,
+                                                                capsys):
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(CAMPAIGN))
+    config = load_config(path)
+    state = campaign_flow(config, return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        assert run.name == "UI_test · run 1 · rounds 0–1"
+        names = [t.name for t in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))]
+        assert {"propose · round 0", "select · round 1", "flag · round 1",
+                "retrain · round 1"} <= set(names)
+        assert sum(n.startswith("evaluate-") for n in names) == 8
+
+        picks = _artifacts(client, "ui-test-picks")
+        assert len(picks) == 2  # one version per round, the latest first
+        rows = picks[0].data if isinstance(picks[0].data, list) else yaml.safe_load(
+            picks[0].data)
+        assert len(rows) == 4 and {"formula", "generator", "predicted", "acquisition",
+                                   "status"} <= set(rows[0])
+        assert all(re.fullmatch(r"-?[\d.]+ ± [\d.]+", r["predicted"]) for r in rows)
+
+        (report, *_) = _artifacts(client, "ui-test-report")
+        assert report.type == "markdown"
+        images = re.findall(r"data:image/png;base64,", report.data)
+        assert len(images) >= 4  # progress, parity, calibration, map
+        assert "# UI_test: campaign report" in report.data
+
+        (budget, *_) = _artifacts(client, "ui-test-budget")
+        assert budget.type == "progress" and float(budget.data) == 100.0
+
+    # a second run is run 2, named by the round it adds
+    assert main(["run", str(path), "--budget", "12"]) == 0
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        assert "UI_test · run 2 · round 2" in {r.name for r in runs}
+
+    out = tmp_path / "report.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<img ") >= 4
+    assert "12 of 12 evaluations claimed" in page and "http" not in page
+    assert str(out) in capsys.readouterr().out
