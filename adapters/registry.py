@@ -51,9 +51,12 @@ def build_evaluators(config, base: str | Path | None = None, source: str = "camp
         check_elements,
         check_executor,
         check_paths,
+        check_plugins,
         check_properties,
         check_screen,
     )
+
+    check_plugins(config, source)
 
     try:
         evaluator = load_evaluator(config.evaluator.adapter, config.evaluator.parameters)

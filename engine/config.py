@@ -11,10 +11,12 @@ campaign file's directory (:func:`check_paths`).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -70,6 +72,14 @@ def _installed(group: str, kind: str) -> type:
     return plugins.load(group, kind, getattr(importlib.import_module(module), name))
 
 
+def _adapter_named(name: str) -> str:
+    """``name`` if an adapter is installed under it (checked by name: nothing is imported)."""
+    from matforge.engine import plugins
+
+    plugins.describe("adapters", name)
+    return name
+
+
 def _check_parameters(section: str, kind: str, cls: type, parameters: dict, given=()) -> None:
     """Refuse constructor arguments ``cls`` does not take (``given`` ones are matforge's)."""
     signature = inspect.signature(cls.__init__).parameters
@@ -101,13 +111,16 @@ class _PluginSection(_Section):
     @field_validator("kind")
     @classmethod
     def _kind_installed(cls, kind: str) -> str:
-        _installed(cls._group, kind)
+        from matforge.engine import plugins
+
+        plugins.describe(cls._group, kind)  # by name: nothing is imported for a kind
         return kind
 
     @model_validator(mode="after")
     def _parameters_accepted(self):
-        cls = _installed(self._group, self.kind)
-        _check_parameters(self._section, self.kind, cls, self.parameters, self._given)
+        if self.parameters:  # only then is the class needed (importing it takes a while)
+            cls = _installed(self._group, self.kind)
+            _check_parameters(self._section, self.kind, cls, self.parameters, self._given)
         return self
 
 
@@ -260,6 +273,11 @@ class EvaluatorSettings(_Section):
     """
 
     adapter: str = "emt"
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_installed(cls, adapter: str) -> str:
+        return _adapter_named(adapter)
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(
         None, gt=0,
@@ -307,6 +325,11 @@ class ScreenSettings(_Section):
     """
 
     adapter: str
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_installed(cls, adapter: str) -> str:
+        return _adapter_named(adapter)
     parameters: dict[str, Any] = Field(default_factory=dict)
     property: str | None = Field(
         None, description="the screen's result used (default: the objective's property)")
@@ -498,28 +521,12 @@ class CampaignConfig(_Section):
                 f"generator.inverse_design: {self.generator.inverse_design} is larger than "
                 f"generator.pool_size ({self.generator.pool_size})"
             )
-        self._candidates_understood()
         if self.batch_size > self.generator.pool_size:
             raise ValueError(
                 f"batch_size: {self.batch_size} is larger than generator.pool_size "
                 f"({self.generator.pool_size}): a round cannot pick more than it screens"
             )
         return self
-
-    def _candidates_understood(self) -> None:
-        """Featurizer and generators take this campaign's kind of candidate."""
-        kind = self.candidates
-        featurizer = _installed("featurizers", self.featurizer.kind)
-        if kind not in getattr(featurizer, "inputs", ("structure",)):
-            raise ValueError(
-                f"featurizer: {self.featurizer.kind!r} describes structures; a campaign of "
-                f"compositions (candidates: composition) needs one such as 'composition'")
-        for source in self.generator.sources:
-            makes = getattr(_installed("generators", source.kind), "makes", ("structure",))
-            if kind not in makes:
-                raise ValueError(
-                    f"generator.sources: {source.kind!r} makes {makes[0]}s, and this campaign's "
-                    f"candidates are {kind}s (candidates: {kind})")
 
     def resolved(self, base: Path) -> CampaignConfig:
         """Return a copy whose relative SQLite path and workdir are relative to ``base``."""
@@ -533,6 +540,35 @@ class CampaignConfig(_Section):
         if not workdir.is_absolute():
             workdir = (base / workdir).resolve()
         return self.model_copy(update={"store": store, "workdir": str(workdir)})
+
+
+def check_plugins(config: CampaignConfig, source: str = "campaign") -> None:
+    """Every plug-in the campaign names imports and is of its kind, and featurizer and
+    generators take the campaign's kind of candidate. Run before a campaign starts (it
+    imports them: seconds); :func:`parse_config` checks names and parameters only."""
+    sections = [("featurizer", "featurizers", config.featurizer.kind),
+                ("surrogate", "surrogates", config.surrogate.kind),
+                ("acquisition", "acquisitions", config.acquisition.kind)]
+    sections += [(f"generator.sources.{i}", "generators", s.kind)
+                 for i, s in enumerate(config.generator.sources)]
+    classes = {}
+    for field, group, kind in sections:
+        try:
+            classes[field] = _installed(group, kind)
+        except ValueError as error:
+            raise ConfigError(f"{source}: field '{field}': {error}") from None
+    kind = config.candidates
+    if kind not in getattr(classes["featurizer"], "inputs", ("structure",)):
+        raise ConfigError(
+            f"{source}: field 'featurizer': {config.featurizer.kind!r} describes structures; a "
+            f"campaign of compositions (candidates: composition) needs one such as "
+            f"'composition'")
+    for i, s in enumerate(config.generator.sources):
+        makes = getattr(classes[f"generator.sources.{i}"], "makes", ("structure",))
+        if kind not in makes:
+            raise ConfigError(
+                f"{source}: field 'generator.sources.{i}': {s.kind!r} makes {makes[0]}s, and "
+                f"this campaign's candidates are {kind}s (candidates: {kind})")
 
 
 def check_properties(config: CampaignConfig, adapter: str, offered, source: str = "campaign"):
@@ -685,6 +721,30 @@ def _shown(value: Any) -> str:
     return _clip(repr(value))
 
 
+def _fields_at(loc: tuple) -> list[str]:
+    """The field names a campaign file may give at ``loc`` (a section's path)."""
+    model: Any = CampaignConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list of sections
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = next((t for t in _types(field.annotation)
+                      if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _types(annotation) -> list:
+    """``annotation`` and the types inside it (``list[X]``, ``X | None``)."""
+    out = [annotation]
+    for arg in typing.get_args(annotation):
+        out += _types(arg)
+    return out
+
+
 def _describe(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -693,6 +753,10 @@ def _describe(error: ValidationError, source: str) -> str:
         field, msg = msg.split(": ", 1)
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
+        close = difflib.get_close_matches(str(first["loc"][-1]), _fields_at(first["loc"][:-1]),
+                                          n=1)
+        if close:
+            msg += f"; did you mean {close[0]!r}?"
     elif first["type"] == "missing":
         msg = "required field is missing"
     more = len(error.errors()) - 1

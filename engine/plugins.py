@@ -8,6 +8,7 @@ campaign file, and the loaded class must subclass the group's base.
 
 from __future__ import annotations
 
+import difflib
 from importlib.metadata import entry_points
 
 GROUPS = {
@@ -45,9 +46,12 @@ def describe(group: str, name: str) -> str:
 
 def _not_installed(group: str, name: str) -> str:
     kind = group.removesuffix("s")
+    installed = available(group)
+    close = difflib.get_close_matches(str(name), installed, n=1)
     return (
-        f"{kind} {name!r} is not installed (entry-point group {GROUPS[group]!r}); "
-        f"installed: {', '.join(available(group)) or 'none'}"
+        f"{kind} {name!r} is not installed (entry-point group {GROUPS[group]!r})"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f"; installed: {', '.join(installed) or 'none'}"
     )
 
 

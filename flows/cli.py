@@ -163,6 +163,8 @@ def cmd_run(args) -> int:
         return _fail(str(error))
     from matforge.flows.server import prefect_api
 
+    # the thread pools are set once the file is known good (importing torch takes seconds)
+    limit_threads(get_settings())
     with prefect_api() as api:
         return _run(config, args, api, unit)
 
@@ -351,6 +353,8 @@ def cmd_benchmark_pool(args) -> int:
     """Replay campaigns against a table of measured candidates; write the picks as JSON."""
     import json
 
+    limit_threads(get_settings())
+
     from matforge.adapters.table import TableEvaluator
     from matforge.engine.acquisition.strategy import Strategy
     from matforge.engine.loop.pool import (
@@ -445,6 +449,8 @@ def cmd_adapters(args) -> int:
 def cmd_adapters_check(args) -> int:
     """Run the conformance kit on one adapter: exit 0 if it conforms, else list what not."""
     import json
+
+    limit_threads(get_settings())
 
     from matforge.adapters.conformance import check_adapter
     from matforge.engine import plugins
@@ -550,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
-        limit_threads(get_settings())
+        get_settings()  # a bad MATFORGE_* setting is named before anything runs
     except SettingsError as error:
         return _fail(str(error))
     return args.func(args)

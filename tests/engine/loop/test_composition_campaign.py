@@ -60,18 +60,19 @@ def test_a_campaign_of_compositions_measures_listed_compositions_once_each(tmp_p
 
 
 def test_what_cannot_take_compositions_is_refused_by_name(tmp_path):
-    with pytest.raises(ValueError, match="field 'featurizer': 'material' describes structures"):
-        parse_config(_config(tmp_path, featurizer={"kind": "material"}))
+    with pytest.raises(ConfigError, match="field 'featurizer': 'material' describes structures"):
+        build_evaluators(parse_config(_config(tmp_path, featurizer={"kind": "material"})))
     raw = _config(tmp_path)
     raw["generator"]["sources"] = [{"kind": "symmetric", "share": 0.5}]
-    with pytest.raises(ValueError, match="'symmetric' makes structures"):
-        parse_config(raw)
+    with pytest.raises(ConfigError, match="field 'generator.sources.0': 'symmetric' makes "
+                                          "structures"):
+        build_evaluators(parse_config(raw))
     with pytest.raises(ConfigError, match="adapter 'emt' takes structures, and this "
                                           "campaign's candidates are compositions"):
         build_evaluators(parse_config(_config(tmp_path, evaluator={"adapter": "emt"})))
     structures = _config(tmp_path, candidates="structure", featurizer={"kind": "material"})
-    with pytest.raises(ValueError, match="'listed' makes compositions"):
-        parse_config(structures)
+    with pytest.raises(ConfigError, match="'listed' makes compositions"):
+        build_evaluators(parse_config(structures))
     assert load_evaluator("lab", {"url": "http://127.0.0.1:9"}).inputs == (
         "structure", "composition")
 

@@ -120,7 +120,7 @@ def test_a_screen_that_cannot_report_its_property_is_refused_before_anything_run
     with pytest.raises(ConfigError, match=r"field 'screen.property': adapter 'emt' does not "
                                           r"report 'band_gap'"):
         build_evaluators(config)
-    with pytest.raises(ConfigError, match=r"field 'screen': .*'nope' is not installed"):
+    with pytest.raises(ConfigError, match=r"field 'screen(.adapter)?': .*'nope' is not installed"):
         build_evaluators(_config(tmp_path, {"adapter": "nope"}))
     with pytest.raises(ConfigError, match="field 'screen.adapter': adapter 'emt' has no "
                                           "parameters for Fe"):
