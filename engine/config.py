@@ -439,6 +439,17 @@ class ExecutorSettings(_Section):
         return self
 
 
+class StopSettings(_Section):
+    """When a campaign has found enough, besides its ``budget``: a scheduled campaign
+    stops spending once one of these holds."""
+
+    target: float | None = Field(
+        None, description="stop once the best objective reaches this value (in the "
+                          "objective's direction)")
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many rounds in a row without a better best")
+
+
 class AnomalySettings(_Section):
     enabled: bool = True
     min_samples: int = Field(4, ge=2, description="DBSCAN min_samples")
@@ -484,6 +495,7 @@ class CampaignConfig(_Section):
         None, description="a cheap evaluator run on every candidate before selection")
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    stop: StopSettings = Field(default_factory=StopSettings)
     store: str = Field("sqlite:///matforge.db", repr=False,  # a repr may reach a log line
                        description="SQLAlchemy URL of the campaign store")
     workdir: str = Field("matforge-runs", description="where each evaluation gets its directory")

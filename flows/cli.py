@@ -101,6 +101,8 @@ def _print_summary(config: CampaignConfig, summary: dict) -> None:
         f"{config.name}: {summary['evaluations']} evaluations in {summary['rounds']} rounds"
         f" ({counts})"
     )
+    if summary.get("stopped"):
+        console.print(f"stopped: {summary['stopped']}")
     table = Table(title=f"best by {config.objective.property} ({config.objective.direction})")
     for col in ("evaluation", "formula", "objective", "round", "generator"):
         table.add_column(col)
@@ -271,6 +273,20 @@ def cmd_review(args) -> int:
                 print(f"#{row['evaluation']} round {row['round']} {row['formula']}: "
                       f"{config.objective.property} {row[config.objective.property]} "
                       f"(predicted {row['predicted'] or 'before any model'})")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from matforge.flows.deploy import DeployError, deploy
+
+    try:
+        name = deploy(args.config, args.cron, args.per_run, args.pool, args.name,
+                      args.timezone)
+    except (ConfigError, DeployError) as error:
+        return _fail(str(error))
+    print(f"deployment {name}: {args.cron} ({args.timezone}) on work pool {args.pool!r}")
+    print(f"  start a worker:  prefect worker start --pool {args.pool}")
+    print(f"  run it now:      prefect deployment run {name!r}")
     return 0
 
 
@@ -504,6 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--reject", type=int, nargs="*", default=[], metavar="ID")
     review.add_argument("--note", help="why, kept with the decision")
     review.set_defaults(func=cmd_review)
+
+    dep = sub.add_parser("deploy", help="run a campaign file on a schedule: a Prefect "
+                                        "deployment on PREFECT_API_URL's server")
+    dep.add_argument("config", help="campaign YAML file")
+    dep.add_argument("--cron", required=True, help='schedule, e.g. "0 2 * * *" (02:00 daily)')
+    dep.add_argument("--per-run", type=int, help="evaluations one run adds at most")
+    dep.add_argument("--pool", default="matforge", help="work pool (made, as a process pool, "
+                                                          "if missing)")
+    dep.add_argument("--name", help="deployment name (default: the campaign's)")
+    dep.add_argument("--timezone", default="UTC")
+    dep.set_defaults(func=cmd_deploy)
 
     report = sub.add_parser("report", help="write the campaign's report (progress against "
                                            "random picks, model quality, explored space) as "

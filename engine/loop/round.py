@@ -48,7 +48,7 @@ from matforge.engine.materials.structures import (
     n_atoms,
 )
 from matforge.engine.settings import get_settings
-from matforge.engine.store.records import RoundResult
+from matforge.engine.store.records import RoundRecord, RoundResult
 from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation, Owner
 from matforge.engine.validation import ResultError, validate_result
 
@@ -469,7 +469,9 @@ def run_campaign(
             unfinished = any(r.round == round and not r.finished
                              for r in store.rounds(campaign_id))
             spent = store.count(campaign_id, statuses=STATUSES) >= config.budget
-            if spent and not unfinished and not store.count(campaign_id, statuses=("running",)):
+            stopped = stop_reason(config, store.rounds(campaign_id))
+            if (spent or stopped) and not unfinished and not store.count(
+                    campaign_id, statuses=("running",)):
                 break
             result = run_round(config, store, campaign_id, round, evaluator, dispatch,
                                run_stage, lease.id, screener if config.screen else None)
@@ -478,7 +480,32 @@ def run_campaign(
             if result.note == EXHAUSTED:
                 break
             round += 1
-    return summarize(store, campaign_id, config.objective.is_maximized())
+    summary = summarize(store, campaign_id, config.objective.is_maximized())
+    summary["stopped"] = stop_reason(config, store.rounds(campaign_id))
+    return summary
+
+
+def stop_reason(config: CampaignConfig, rounds: Sequence[RoundRecord]) -> str | None:
+    """Why the campaign has found enough (its ``stop`` settings), or None: the best reached
+    ``stop.target``, or ``stop.patience`` finished rounds in a row brought no better best."""
+    maximize = config.objective.is_maximized()
+    bests = [r.result.best for r in rounds if r.finished and r.result is not None]
+    bests = [b for b in bests if b is not None]
+    if not bests:
+        return None
+    best = max(bests) if maximize else min(bests)
+    target = config.stop.target
+    if target is not None and (best >= target if maximize else best <= target):
+        return (f"the best {config.objective.property} {best:.4g} reached the target "
+                f"{target:g} (stop.target)")
+    patience = config.stop.patience
+    if patience is not None and len(bests) > patience:
+        before = bests[:-patience]
+        earlier = max(before) if maximize else min(before)
+        if not any((b > earlier if maximize else b < earlier) for b in bests[-patience:]):
+            return (f"{patience} round(s) in a row without a better "
+                    f"{config.objective.property} than {earlier:.4g} (stop.patience)")
+    return None
 
 
 def summarize(
