@@ -439,6 +439,21 @@ class ExecutorSettings(_Section):
         return self
 
 
+class ReviewSettings(_Section):
+    """What a campaign does while results wait for a person's review (``needs_review``)."""
+
+    pause: bool = Field(
+        False, description="before a round, wait for the decisions (Prefect UI: the paused "
+                           "flow run's input form; or matforge review); false: go on, the "
+                           "results stay out of training until reviewed")
+    timeout: float = Field(3600.0, gt=0, description="seconds to wait for the decisions")
+    on_timeout: Literal["continue", "accept", "reject"] = Field(
+        "continue", description="after the timeout: go on leaving them for later, or accept "
+                                "or reject them all")
+    poll_interval: int = Field(10, ge=1, le=600,
+                               description="seconds between looks for the decisions")
+
+
 class StopSettings(_Section):
     """When a campaign has found enough, besides its ``budget``: a scheduled campaign
     stops spending once one of these holds."""
@@ -496,6 +511,7 @@ class CampaignConfig(_Section):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
     stop: StopSettings = Field(default_factory=StopSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     store: str = Field("sqlite:///matforge.db", repr=False,  # a repr may reach a log line
                        description="SQLAlchemy URL of the campaign store")
     workdir: str = Field("matforge-runs", description="where each evaluation gets its directory")

@@ -34,6 +34,7 @@ from matforge.flows.artifacts import (
     run_number,
 )
 from matforge.flows.executors import dispatcher
+from matforge.flows.review import ask_review
 
 TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -126,6 +127,10 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
         for line in round_lines(config, result, unit, report):
             logger.info("%s", line)
 
+    def before_round(campaign_id: int, round: int) -> None:
+        if config.review.pause:
+            ask_review(config, store, campaign_id, round, logger)
+
     def on_wait(owner: Owner) -> None:
         logger.warning("campaign %s is being run by %s; waiting until it ends or its "
                        "lease expires", config.name, owner.describe())
@@ -134,7 +139,8 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
     try:
         with dispatcher(config, store, resources) as dispatch:
             return run_campaign(config, store, evaluator, dispatch, stage_task, on_round,
-                                new_config=new_config, on_wait=on_wait, screener=screener)
+                                new_config=new_config, on_wait=on_wait, screener=screener,
+                                before_round=before_round)
     finally:
         if rounds:
             rename_flow_run(run_name(config.name, number, min(rounds), max(rounds)))

@@ -237,11 +237,14 @@ def cmd_status(args) -> int:
 def cmd_review(args) -> int:
     from matforge.engine.store.sql import SchemaError, StoreError
 
-    both = sorted(set(args.accept) & set(args.reject))
+    named = [*args.accept, *args.reject, *args.reevaluate]
+    both = sorted({i for i in named if named.count(i) > 1})
     if both:
-        return _fail(f"--accept and --reject both name evaluation(s) {both}: decide each once")
-    if args.note is not None and not (args.accept or args.reject):
-        return _fail("--note goes with a decision: give --accept or --reject ids")
+        return _fail(f"--accept, --reject and --reevaluate name evaluation(s) {both} more than "
+                     f"once: decide each once")
+    decided = bool(named)
+    if args.note is not None and not decided:
+        return _fail("--note goes with a decision: give --accept, --reject or --reevaluate ids")
     try:
         store, name = _open(args.target, args.store)
     except (ConfigError, StoreError, SchemaError) as error:
@@ -251,17 +254,27 @@ def cmd_review(args) -> int:
             cid = store.campaign_id(name)
         except KeyError as error:
             return _fail(str(error).strip("'\""))
-        pending = {e.id for e in store.evaluations(cid, statuses=("needs_review",))}
-        # every id is checked before any decision is stored, so a refusal changes nothing
-        unknown = sorted((set(args.accept) | set(args.reject)) - pending)
-        if unknown:
-            return _fail(f"evaluation(s) {unknown} of {name} are not awaiting review")
-        for ids, status in ((args.accept, "accepted"), (args.reject, "rejected")):
-            if ids:
-                store.set_status(ids, status, note=args.note)
-                print(f"{status}: {', '.join(map(str, ids))}")
         config = parse_config(store.campaign_config(name), name)
-        if args.accept or args.reject:
+        if decided:
+            import getpass
+
+            from matforge.engine.loop.round import ReviewDecisions, apply_review
+
+            rounds = store.rounds(cid)
+            upcoming = rounds[-1].round if rounds and not rounds[-1].finished else len(rounds)
+            decisions = ReviewDecisions(args.accept, args.reject, args.reevaluate,
+                                        by=getpass.getuser(), note=args.note)
+            try:  # every id is checked before any decision is stored
+                done = apply_review(store, cid, decisions, upcoming)
+            except ValueError as error:
+                return _fail(f"{name}: {error}")
+            for what in ("accepted", "rejected"):
+                if done[what]:
+                    print(f"{what}: {', '.join(map(str, done[what]))}")
+            if args.reevaluate:
+                print("evaluated again in round "
+                      f"{upcoming}: {', '.join(map(str, args.reevaluate))} (as "
+                      f"{', '.join(map(str, done['reevaluated']))})")
             _republish_review(config, store, cid)
         else:
             from matforge.flows.artifacts import review_rows
@@ -518,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--store", help="store URL when giving a campaign name")
     review.add_argument("--accept", type=int, nargs="*", default=[], metavar="ID")
     review.add_argument("--reject", type=int, nargs="*", default=[], metavar="ID")
+    review.add_argument("--reevaluate", type=int, nargs="*", default=[], metavar="ID",
+                        help="evaluate again in the next round (the result is kept, rejected)")
     review.add_argument("--note", help="why, kept with the decision")
     review.set_defaults(func=cmd_review)
 

@@ -432,6 +432,7 @@ def run_campaign(
     on_wait: Callable[[Owner], None] | None = None,
     lease_seconds: float | None = None,
     screener: Evaluator | None = None,
+    before_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run rounds until the campaign's budget is spent; returns :func:`summarize`'s summary.
 
@@ -446,7 +447,8 @@ def run_campaign(
     the first ends, or until its lease expires if it died (``on_wait`` hears of the
     holder once), then continues the campaign; with ``wait=False`` it raises
     :class:`~matforge.engine.loop.lease.CampaignBusy` instead. ``dispatch`` defaults
-    to a :class:`SerialDispatcher`.
+    to a :class:`SerialDispatcher`. ``before_round(campaign_id, round)`` runs before each
+    round, holding the lease (the flow pauses there for a person's review).
     """
     check_properties(config, config.evaluator.adapter, evaluator.implemented_properties)
     check_elements(config, config.evaluator.adapter, getattr(evaluator, "supported_elements", None))
@@ -473,6 +475,8 @@ def run_campaign(
             if (spent or stopped) and not unfinished and not store.count(
                     campaign_id, statuses=("running",)):
                 break
+            if before_round is not None:
+                before_round(campaign_id, round)
             result = run_round(config, store, campaign_id, round, evaluator, dispatch,
                                run_stage, lease.id, screener if config.screen else None)
             if on_round is not None:
@@ -483,6 +487,38 @@ def run_campaign(
     summary = summarize(store, campaign_id, config.objective.is_maximized())
     summary["stopped"] = stop_reason(config, store.rounds(campaign_id))
     return summary
+
+
+@dataclass
+class ReviewDecisions:
+    """A person's decisions on results waiting for review, by evaluation id."""
+
+    accept: Sequence[int] = ()
+    reject: Sequence[int] = ()
+    reevaluate: Sequence[int] = ()
+    by: str = "unknown"
+    note: str | None = None
+
+
+def apply_review(store: CampaignStore, campaign_id: int, decisions: ReviewDecisions,
+                 round: int) -> dict[str, list[int]]:
+    """Store the decisions (who, when, why): accepted results enter training from the next
+    round on, rejected ones are kept out, and each one to evaluate again is claimed anew in
+    ``round``. Ids that do not wait for review are refused before anything changes
+    (ValueError naming them). Returns the ids by decision (``reevaluated``: the new ones)."""
+    pending = {e.id for e in store.evaluations(campaign_id, statuses=("needs_review",))}
+    named = [*decisions.accept, *decisions.reject, *decisions.reevaluate]
+    twice = sorted({i for i in named if named.count(i) > 1})
+    if twice:
+        raise ValueError(f"evaluation(s) {twice} are given more than one decision")
+    unknown = sorted(set(named) - pending)
+    if unknown:
+        raise ValueError(f"evaluation(s) {unknown} are not awaiting review")
+    store.decide(list(decisions.accept), "accepted", decisions.by, decisions.note)
+    store.decide(list(decisions.reject), "rejected", decisions.by, decisions.note)
+    again = [store.requeue(i, round, decisions.by, decisions.note) for i in decisions.reevaluate]
+    return {"accepted": list(decisions.accept), "rejected": list(decisions.reject),
+            "reevaluated": again}
 
 
 def stop_reason(config: CampaignConfig, rounds: Sequence[RoundRecord]) -> str | None:

@@ -80,7 +80,7 @@ from matforge.engine.store.records import RoundRecord, RoundResult
 
 STATUSES = ("running", "accepted", "needs_review", "rejected", "failed")
 FINISHED = ("accepted", "needs_review", "rejected", "failed")
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Version of the tables below; bump it and append to :data:`MIGRATIONS` on every change."""
 
 REDACTED = "***"
@@ -197,15 +197,17 @@ def _canonical(value: Any) -> str:
 
 
 def evaluation_key(
-    campaign: str, fingerprint: str, adapter: str, parameters: dict[str, Any]
+    campaign: str, fingerprint: str, adapter: str, parameters: dict[str, Any], repeat: int = 0
 ) -> str:
-    """The idempotency key of one evaluation: sha256 of campaign, candidate, adapter, parameters.
+    """The idempotency key of one evaluation: sha256 of campaign, candidate, adapter, parameters
+    (and ``repeat``, the how-manieth evaluation of the candidate a review asked for again).
 
     Parameters are hashed after redaction, so rotating a secret does not make
     finished work look new.
     """
     params = hashlib.sha256(_canonical(parameters).encode()).hexdigest()
-    return hashlib.sha256(json.dumps([campaign, fingerprint, adapter, params]).encode()).hexdigest()
+    parts = [campaign, fingerprint, adapter, params] + ([repeat] if repeat else [])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 class Claim(NamedTuple):
@@ -320,6 +322,8 @@ class EvaluationRow(Base):
     wall_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(32), nullable=True)
     job: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class OwnerRow(Base):
@@ -375,6 +379,9 @@ class Evaluation:
     job: dict | None = None
     """Where the evaluation runs, once dispatched to a scheduler (``{"kind": "slurm", "id":
     ..., "log": ...}``): stored before the job may start, so a resumed run re-attaches."""
+    review_note: str | None = None
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
 
     def input_structure(self) -> Material:
         """The candidate as proposed: a structure, or in a campaign of compositions a
@@ -483,7 +490,8 @@ def _migrate_1_to_2(conn: Connection) -> None:
     candidates = CandidateRow.__table__
     campaigns = CampaignRow.__table__
     # later versions' columns are not in a version-1 table (the rebuilt table has them)
-    v1_columns = [c for c in evaluations.columns if c.name not in ("key", "owner", "job")]
+    v1_columns = [c for c in evaluations.columns
+                  if c.name not in ("key", "owner", "job", "reviewed_by", "reviewed_at")]
     old = conn.execute(
         select(
             *v1_columns,
@@ -554,8 +562,18 @@ def _migrate_4_to_5(conn: Connection) -> None:
         conn, checkfirst=True)
 
 
+def _migrate_5_to_6(conn: Connection) -> None:
+    """Version 6 keeps who decided a review and when (``review_note`` says why)."""
+    columns = {c["name"] for c in inspect(conn).get_columns("evaluations")}
+    kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    for name, sql in (("reviewed_by", "VARCHAR(100)"), ("reviewed_at", kind)):
+        if name not in columns:
+            conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {sql}"))
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
+    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5,
+    5: _migrate_5_to_6}
 """``MIGRATIONS[v]`` turns a version-``v`` database into version ``v + 1``."""
 
 
@@ -962,6 +980,50 @@ class CampaignStore:
                 n += 1
             return n
 
+    def decide(self, evaluation_ids: list[int], status: str, by: str,
+               note: str | None = None) -> int:
+        """A person's review of results waiting for it: ``accepted`` (into training) or
+        ``rejected`` (kept, out of training), with who, when and why; returns how many
+        changed. Only ``needs_review`` results are decided (others are left as they are)."""
+        if status not in ("accepted", "rejected"):
+            raise ValueError(f"a review accepts or rejects, not {status!r}")
+        with self._session.begin() as s:
+            rows = s.scalars(select(EvaluationRow).where(
+                EvaluationRow.id.in_(evaluation_ids), EvaluationRow.status == "needs_review"))
+            n = 0
+            for row in rows:
+                row.status, row.reviewed_by, row.reviewed_at = status, by, utcnow()
+                if note is not None:
+                    row.review_note = note
+                n += 1
+            return n
+
+    def requeue(self, evaluation_id: int, round: int, by: str, note: str | None = None) -> int:
+        """A result waiting for review evaluated again: it is rejected (kept, out of training)
+        with who, when and why, and a new evaluation of the same candidate is claimed in
+        ``round``, unowned, so the next round dispatches it; returns the new one's id."""
+        with self._session.begin() as s:
+            old = s.get(EvaluationRow, evaluation_id)
+            if old is None or old.status != "needs_review":
+                raise ValueError(f"evaluation {evaluation_id} is not awaiting review")
+            campaign = s.get(CampaignRow, old.campaign_id)
+            candidate = s.get(CandidateRow, old.candidate_id)
+            repeat = s.scalar(select(func.count()).select_from(EvaluationRow).where(
+                EvaluationRow.candidate_id == old.candidate_id))
+            new = EvaluationRow(
+                key=evaluation_key(campaign.name, candidate.fingerprint, old.adapter,
+                                   old.adapter_parameters, repeat),
+                campaign_id=old.campaign_id, candidate_id=old.candidate_id, round=round,
+                status="running", adapter=old.adapter,
+                adapter_parameters=old.adapter_parameters, model_version=old.model_version,
+                predicted_mean=old.predicted_mean, predicted_std=old.predicted_std,
+                acquisition_value=old.acquisition_value)
+            s.add(new)
+            s.flush()
+            old.status, old.reviewed_by, old.reviewed_at = "rejected", by, utcnow()
+            old.review_note = f"evaluated again as #{new.id}" + (f": {note}" if note else "")
+            return new.id
+
     def evaluations(
         self, campaign_id: int, statuses: tuple[str, ...] | None = None, round: int | None = None
     ) -> list[Evaluation]:
@@ -997,6 +1059,9 @@ class CampaignStore:
                     key=e.key,
                     owner=e.owner,
                     job=e.job,
+                    review_note=e.review_note,
+                    reviewed_by=e.reviewed_by,
+                    reviewed_at=_aware(e.reviewed_at),
                 )
                 for e, c in s.execute(q)
             ]
