@@ -78,13 +78,16 @@ def _progress(config: CampaignConfig):
 
 
 def _run_one(config: CampaignConfig, verbose: bool, new_config: bool = False) -> dict:
+    from prefect import tags
     from rich.live import Live
 
     from matforge.flows.campaign import campaign_flow
     from matforge.flows.watchdog import watch_server
 
+    # tags let one server's UI filter runs by campaign (Runs -> filter by tag)
     with Live(get_renderable=_progress(config), refresh_per_second=2) as live:
-        with watch_server():  # lost server: one message, exit 1 (rerun continues)
+        with watch_server(), tags("matforge", f"campaign:{config.name}"):
+            # lost server: one message, exit 1 (rerun continues)
             summary = campaign_flow(config, new_config)
         live.refresh()
     print()

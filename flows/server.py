@@ -43,6 +43,9 @@ def start_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
     server_env.pop("PREFECT_API_URL", None)
+    # the UI it serves must call this server's API, not the default port's
+    server_env.update(PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port),
+                      PREFECT_UI_API_URL=api_url)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start",
