@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from matforge.engine.config import CampaignConfig, ConfigError, load_config, parse_config
@@ -217,78 +217,90 @@ def _open(target: str, store_url: str | None):
     return CampaignStore(store_url or get_settings().store, create=False), target
 
 
+class _Refused(Exception):
+    """A command's input refused: one line for :func:`_fail`."""
+
+
+@contextmanager
+def _campaign(args):
+    """The store, campaign id and configuration that ``args.target`` (a campaign file, or a
+    name with ``args.store``) names; :class:`_Refused` when there is none."""
+    from matforge.engine.store.sql import SchemaError, StoreError
+
+    try:
+        store, name = _open(args.target, args.store)
+    except (ConfigError, StoreError, SchemaError) as error:
+        raise _Refused(str(error)) from None
+    with closing(store):
+        try:
+            cid = store.campaign_id(name)
+            config = parse_config(store.campaign_config(name), name)
+        except (ConfigError, KeyError) as error:
+            raise _Refused(str(error).strip("'\"")) from None
+        yield store, cid, config
+
+
 def cmd_status(args) -> int:
     from matforge.engine.loop.round import summarize
-    from matforge.engine.store.sql import SchemaError, StoreError
 
     if args.top < 1:
         return _fail(f"--top must be >= 1, got {args.top}")
     try:
-        store, name = _open(args.target, args.store)
-    except (ConfigError, StoreError, SchemaError) as error:
+        with _campaign(args) as (store, cid, config):
+            summary = summarize(store, cid, config.objective.is_maximized(), top=args.top)
+    except _Refused as error:
         return _fail(str(error))
-    with closing(store):
-        try:
-            config = parse_config(store.campaign_config(name), name)
-            cid = store.campaign_id(name)
-        except (ConfigError, KeyError) as error:
-            return _fail(str(error).strip("'\""))
-        _print_summary(config, summarize(store, cid, config.objective.is_maximized(), top=args.top))
+    _print_summary(config, summary)
     return 0
 
 
 def cmd_review(args) -> int:
-    from matforge.engine.store.sql import SchemaError, StoreError
-
     named = [*args.accept, *args.reject, *args.reevaluate]
     both = sorted({i for i in named if named.count(i) > 1})
     if both:
         return _fail(f"--accept, --reject and --reevaluate name evaluation(s) {both} more than "
                      f"once: decide each once")
-    decided = bool(named)
-    if args.note is not None and not decided:
+    if args.note is not None and not named:
         return _fail("--note goes with a decision: give --accept, --reject or --reevaluate ids")
     try:
-        store, name = _open(args.target, args.store)
-    except (ConfigError, StoreError, SchemaError) as error:
-        return _fail(str(error))
-    with closing(store):
-        try:
-            cid = store.campaign_id(name)
-        except KeyError as error:
-            return _fail(str(error).strip("'\""))
-        config = parse_config(store.campaign_config(name), name)
-        if decided:
-            import getpass
-
-            from matforge.engine.loop.round import ReviewDecisions, apply_review
-
-            rounds = store.rounds(cid)
-            upcoming = rounds[-1].round if rounds and not rounds[-1].finished else len(rounds)
-            decisions = ReviewDecisions(args.accept, args.reject, args.reevaluate,
-                                        by=getpass.getuser(), note=args.note)
-            try:  # every id is checked before any decision is stored
-                done = apply_review(store, cid, decisions, upcoming)
-            except ValueError as error:
-                return _fail(f"{name}: {error}")
-            for what in ("accepted", "rejected"):
-                if done[what]:
-                    print(f"{what}: {', '.join(map(str, done[what]))}")
-            if args.reevaluate:
-                print("evaluated again in round "
-                      f"{upcoming}: {', '.join(map(str, args.reevaluate))} (as "
-                      f"{', '.join(map(str, done['reevaluated']))})")
-            _republish_review(config, store, cid)
-        else:
+        with _campaign(args) as (store, cid, config):
+            if named:
+                return _decide(args, store, cid, config)
             from matforge.flows.artifacts import review_rows
 
             rows = review_rows(config, store, cid)
-            if not rows:
-                print(f"{name}: nothing waits for review")
-            for row in rows:
-                print(f"#{row['evaluation']} round {row['round']} {row['formula']}: "
-                      f"{config.objective.property} {row[config.objective.property]} "
-                      f"(predicted {row['predicted'] or 'before any model'})")
+    except _Refused as error:
+        return _fail(str(error))
+    if not rows:
+        print(f"{config.name}: nothing waits for review")
+    for row in rows:
+        print(f"#{row['evaluation']} round {row['round']} {row['formula']}: "
+              f"{config.objective.property} {row[config.objective.property]} "
+              f"(predicted {row['predicted'] or 'before any model'})")
+    return 0
+
+
+def _decide(args, store, cid: int, config: CampaignConfig) -> int:
+    """Store ``matforge review``'s decisions (who: this user) and republish the UI's table."""
+    import getpass
+
+    from matforge.engine.loop.round import ReviewDecisions, apply_review
+
+    rounds = store.rounds(cid)
+    upcoming = rounds[-1].round if rounds and not rounds[-1].finished else len(rounds)
+    decisions = ReviewDecisions(args.accept, args.reject, args.reevaluate,
+                                by=getpass.getuser(), note=args.note)
+    try:  # every id is checked before any decision is stored
+        done = apply_review(store, cid, decisions, upcoming)
+    except ValueError as error:
+        return _fail(f"{config.name}: {error}")
+    for what in ("accepted", "rejected"):
+        if done[what]:
+            print(f"{what}: {', '.join(map(str, done[what]))}")
+    if args.reevaluate:
+        print(f"evaluated again in round {upcoming}: {', '.join(map(str, args.reevaluate))} "
+              f"(as {', '.join(map(str, done['reevaluated']))})")
+    _republish_review(config, store, cid)
     return 0
 
 
@@ -307,30 +319,21 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from matforge.engine.store.sql import SchemaError, StoreError
+    from matforge.engine.loop.report import campaign_report
+    from matforge.flows.artifacts import baseline_of
 
     try:
-        store, name = _open(args.target, args.store)
-    except (ConfigError, StoreError, SchemaError) as error:
+        with _campaign(args) as (store, cid, config):
+            out = Path(args.out or f"{config.name}-report.html")
+            why = _unwritable(out)
+            if why:
+                raise _Refused(f"--out {out}: {why}")
+            report = campaign_report(config, store.evaluations(cid),
+                                     baseline_of(store, config.name), _declared_unit(config))
+    except _Refused as error:
         return _fail(str(error))
-    out = Path(args.out or f"{name}-report.html")
-    why = _unwritable(out)
-    if why:
-        store.close()
-        return _fail(f"--out {out}: {why}")
-    with closing(store):
-        try:
-            cid = store.campaign_id(name)
-        except KeyError as error:
-            return _fail(str(error).strip("'\""))
-        from matforge.engine.loop.report import campaign_report
-        from matforge.flows.artifacts import baseline_of
-
-        config = parse_config(store.campaign_config(name), name)
-        report = campaign_report(config, store.evaluations(cid), baseline_of(store, name),
-                                 _declared_unit(config))
     out.write_text(report.html())
-    print(f"{name}: report with {len(report.figures)} figure(s) written to {out}")
+    print(f"{config.name}: report with {len(report.figures)} figure(s) written to {out}")
     return 0
 
 

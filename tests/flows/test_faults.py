@@ -19,7 +19,7 @@ from matforge.flows.campaign import campaign_flow
 from matforge.flows.executors import evaluate_task, retry_policy
 
 RETRIES = 1
-TIMEOUT = 3.0
+TIMEOUT = 15.0  # far above a relaxation here, even with both cores busy; far below a hang
 
 REASONS = {
     "exception": "ConnectionError",
