@@ -16,7 +16,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from matforge.engine.config import CampaignConfig
-from matforge.engine.loop.report import campaign_report
+from matforge.engine.loop.report import campaign_report, markdown_table
 from matforge.engine.loop.round import ReviewDecisions, apply_review
 from matforge.engine.store.sql import CampaignStore
 from matforge.flows.artifacts import baseline_of, publish_review, review_rows
@@ -35,16 +35,13 @@ class ReviewInput(RunInput):
 
 def _description(config: CampaignConfig, store: CampaignStore, campaign_id: int) -> str:
     rows = review_rows(config, store, campaign_id)
-    keys = list(rows[0])
-    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    table += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
     report = campaign_report(config, store.evaluations(campaign_id),
                              baseline_of(store, config.name))
     figures = [f for f in report.figures if f.key in ("map", "parity")]
     return "\n".join([
         f"## {config.name}: {len(rows)} result(s) wait for review", "",
         "DBSCAN set these apart from the other results (features and the surrogate's "
-        "residual); they stay out of training until decided.", "", *table, "",
+        "residual); they stay out of training until decided.", "", markdown_table(rows), "",
         *[f"![{f.title}]({f.data_uri()})\n\n{f.caption}\n" for f in figures]])
 
 

@@ -125,7 +125,7 @@ class Report:
         for f in self.figures:
             lines += [f"## {f.title}", "", f"![{f.title}]({f.data_uri()})", "", f.caption, ""]
         if self.picks:
-            lines += [f"## Picks of round {self.picks_round}", "", _markdown_table(self.picks)]
+            lines += [f"## Picks of round {self.picks_round}", "", markdown_table(self.picks)]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -151,7 +151,8 @@ class Report:
                 f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def _markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict]) -> str:
+    """``rows`` (dicts with the same keys) as a markdown table."""
     keys = list(rows[0])
     out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     out += ["| " + " | ".join(str(r[k]).replace("|", "/") for k in keys) + " |" for r in rows]

@@ -121,9 +121,14 @@ class Prototype:
         return counts
 
 
-def _prototype(name: str, lattice: Lattice, group: str, sites: list[tuple[str, list[float]]]
-               ) -> Prototype:
-    placeholders = {"A": "Na", "B": "Mg", "X": "Cl"}
+IONIC_PLACEHOLDERS = {"A": "Na", "B": "Mg", "X": "Cl"}
+
+
+def prototype_cell(name: str, lattice: Lattice, group: str, sites: list[tuple[str, list[float]]],
+               placeholders: dict[str, str] = IONIC_PLACEHOLDERS) -> Prototype:
+    """The primitive cell of ``sites`` (role, fractional coordinates) in space group ``group``,
+    each site's role kept; ``placeholders`` stand in one distinct element per role, so that
+    the primitive-cell search keeps the roles apart."""
     # built at a realistic size: the primitive-cell search's tolerance is in Å
     structure = Structure.from_spacegroup(group, Lattice(lattice.matrix * 5.0),
                                           [placeholders[r] for r, _ in sites],
@@ -140,15 +145,15 @@ def builtin_prototypes() -> dict[str, Prototype]:
     """The built-in ionic prototypes, primitive cells."""
     cubic = Lattice.cubic(1.0)
     return {p.name: p for p in (
-        _prototype("rocksalt", cubic, "Fm-3m", [("A", [0, 0, 0]), ("X", [0.5, 0.5, 0.5])]),
-        _prototype("zincblende", cubic, "F-43m", [("A", [0, 0, 0]), ("X", [0.25, 0.25, 0.25])]),
-        _prototype("wurtzite", Lattice.hexagonal(1.0, math.sqrt(8 / 3)), "P6_3mc",
+        prototype_cell("rocksalt", cubic, "Fm-3m", [("A", [0, 0, 0]), ("X", [0.5, 0.5, 0.5])]),
+        prototype_cell("zincblende", cubic, "F-43m", [("A", [0, 0, 0]), ("X", [0.25, 0.25, 0.25])]),
+        prototype_cell("wurtzite", Lattice.hexagonal(1.0, math.sqrt(8 / 3)), "P6_3mc",
                    [("A", [1 / 3, 2 / 3, 0]), ("X", [1 / 3, 2 / 3, 0.375])]),
-        _prototype("fluorite", cubic, "Fm-3m", [("A", [0, 0, 0]), ("X", [0.25, 0.25, 0.25])]),
-        _prototype("perovskite", cubic, "Pm-3m",
+        prototype_cell("fluorite", cubic, "Fm-3m", [("A", [0, 0, 0]), ("X", [0.25, 0.25, 0.25])]),
+        prototype_cell("perovskite", cubic, "Pm-3m",
                    [("A", [0, 0, 0]), ("B", [0.5, 0.5, 0.5]), ("X", [0.5, 0.5, 0])]),
         # origin choice 1: A on 8a, B on 16d, X on 32e
-        _prototype("spinel", cubic, "Fd-3m",
+        prototype_cell("spinel", cubic, "Fd-3m",
                    [("A", [0, 0, 0]), ("B", [0.625, 0.625, 0.625]),
                     ("X", [0.3875, 0.3875, 0.3875])]),
     )}

@@ -34,7 +34,7 @@ from functools import cache
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from matforge.engine.materials.chemistry import Prototype
+from matforge.engine.materials.chemistry import Prototype, prototype_cell
 from matforge.engine.materials.generate import Candidate, Generator
 from matforge.engine.materials.structures import atomic_volume
 
@@ -45,14 +45,7 @@ the classes apart."""
 
 def _intermetallic(name: str, lattice: Lattice, group: str,
                    sites: list[tuple[str, list[float]]]) -> Prototype:
-    # built at a realistic size: the primitive-cell search's tolerance is in Å
-    structure = Structure.from_spacegroup(group, Lattice(lattice.matrix * 5.0),
-                                          [_PLACEHOLDERS[r] for r, _ in sites],
-                                          [c for _, c in sites])
-    primitive = structure.get_primitive_structure()
-    role_of = {v: k for k, v in _PLACEHOLDERS.items()}
-    primitive.add_site_property("role", [role_of[s.specie.symbol] for s in primitive])
-    return Prototype(name, primitive)
+    return prototype_cell(name, lattice, group, sites, _PLACEHOLDERS)
 
 
 @cache
