@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from matforge.adapters.base import check_resources
@@ -25,7 +25,7 @@ from matforge.engine.loop.report import round_lines
 from matforge.engine.loop.round import run_campaign
 from matforge.engine.settings import limit_threads
 from matforge.engine.store.records import RoundResult
-from matforge.engine.store.sql import CampaignStore, Owner
+from matforge.engine.store.sql import CampaignStore, Owner, redact_url
 from matforge.flows.artifacts import (
     publish_review,
     publish_round,
@@ -92,8 +92,37 @@ def _store(url: str) -> CampaignStore:
     return _stores[url]
 
 
-@flow(name="campaign", log_prints=True)
-def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str, Any]:
+def viewer_parameters(config: CampaignConfig) -> dict[str, Any]:
+    """What a campaign's flow run shows as its parameters in the Prefect UI: what the campaign
+    is and what it may spend, not its whole configuration (generator settings, evaluator
+    parameters, paths and hosts stay with whoever runs it; the store's password never leaves)."""
+    objectives = [config.objective, *config.objectives]
+    return {
+        "campaign": config.name,
+        "objective": ", ".join(f"{o.direction} {o.property}" for o in objectives),
+        "evaluator": config.evaluator.adapter,
+        "budget": config.budget,
+        "batch_size": config.batch_size,
+        "acquisition": config.acquisition.kind,
+        "store": redact_url(config.store),
+    }
+
+
+class _CampaignFlow(Flow):
+    """A flow whose run records :func:`viewer_parameters` of its ``config`` in the Prefect API.
+    Its runs start in the process that holds the configuration (``matforge run``, or a
+    deployment's ``campaign_file_flow``, whose parameter is the campaign file), so the API's
+    copy is only ever read by people."""
+
+    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        config = parameters.get("config")
+        if isinstance(config, CampaignConfig):
+            parameters = {**viewer_parameters(config),
+                          **{k: v for k, v in parameters.items() if k != "config"}}
+        return super().serialize_parameters(parameters)
+
+
+def _campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str, Any]:
     """Run rounds until the campaign's budget of evaluations is spent.
 
     A second run of a campaign waits for the first (or, if it died, for its lease to
@@ -144,3 +173,6 @@ def campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str,
     finally:
         if rounds:
             rename_flow_run(run_name(config.name, number, min(rounds), max(rounds)))
+
+
+campaign_flow = _CampaignFlow(_campaign_flow, name="campaign", log_prints=True)

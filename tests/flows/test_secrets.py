@@ -84,11 +84,11 @@ def test_the_store_password_is_never_stored_sent_or_shown(
 
     with get_client(sync_client=True) as client:
         flow_runs = [r for r in client.read_flow_runs()
-                     if r.parameters.get("config", {}).get("name") == "Secret-Run"]
+                     if r.parameters.get("campaign") == "Secret-Run"]
         task_runs = client.read_task_runs()
     assert len(flow_runs) == 2
     for run in flow_runs:
-        assert run.parameters["config"]["store"].startswith("postgresql+psycopg2://postgres:***@")
+        assert run.parameters["store"].startswith("postgresql+psycopg2://postgres:***@")
     sent_to_api = "".join(r.model_dump_json() for r in [*flow_runs, *task_runs])
     assert PASSWORD not in sent_to_api
 
