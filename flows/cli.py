@@ -300,7 +300,7 @@ def _decide(args, store, cid: int, config: CampaignConfig) -> int:
     if args.reevaluate:
         print(f"evaluated again in round {upcoming}: {', '.join(map(str, args.reevaluate))} "
               f"(as {', '.join(map(str, done['reevaluated']))})")
-    _republish_review(config, store, cid)
+    _republish_review(config, store, cid, decisions)
     return 0
 
 
@@ -351,20 +351,29 @@ def _declared_unit(config: CampaignConfig) -> str:
     return unit if isinstance(unit, str) else ""
 
 
-def _republish_review(config: CampaignConfig, store, campaign_id: int) -> None:
+def _republish_review(config: CampaignConfig, store, campaign_id: int, decisions) -> None:
     """The UI's needs-review table after a decision, where a Prefect server answers (none is
-    started for this)."""
+    started for this): published by a short flow run, ``<campaign> · review by <who>``, so the
+    decision shows in the campaign's run list beside the rounds it changes."""
     from matforge.flows.server import running_prefect_api
 
     api = running_prefect_api()
     if api is None:
         return
+    from prefect import flow, tags
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from matforge.flows.artifacts import publish_review
 
-    with temporary_settings(updates={PREFECT_API_URL: api}):
+    @flow(name="review", flow_run_name=f"{config.name} · review by {decisions.by}")
+    def review(campaign: str, accept: list[int], reject: list[int], reevaluate: list[int],
+               note: str | None) -> None:
         publish_review(config, store, campaign_id)
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), \
+            tags("matforge", f"campaign:{config.name}"):
+        review(config.name, list(decisions.accept), list(decisions.reject),
+               list(decisions.reevaluate), decisions.note)
     print("the needs-review table in the Prefect UI is updated")
 
 

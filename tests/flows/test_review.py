@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 
 import yaml
@@ -77,6 +78,12 @@ def test_review_holds_results_out_until_a_person_decides(prefect_server, tmp_pat
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["review-me-needs-review"])),
             sort=ArtifactSort.CREATED_DESC)
     assert "nothing waits for review" in str(latest.data)
+    # published by a flow run of its own, named by campaign and reviewer, beside the rounds
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(latest.flow_run_id)
+    assert run.name == f"Review-Me · review by {getpass.getuser()}"
+    assert run.parameters["accept"] == [ids[0]] and run.parameters["note"] == "checked by hand"
+    assert "campaign:Review-Me" in run.tags
     assert main(["review", str(path)]) == 0
     assert capsys.readouterr().out.strip() == "Review-Me: nothing waits for review"
     assert {e.id for e in _training(store, cid, 1, maximize=False)} == {ids[0], *ids[2:]}
