@@ -258,14 +258,16 @@ def test_one_gpu_slot_holds_the_second_gpu_evaluation_until_the_first_ends(
     prefect_server, testing_adapters, tmp_path
 ):
     """Two GPU evaluations (resources.gpus = 1) on 2 workers: with one GPU device they run
-    one after the other, each given device 0; with two devices they overlap on 0 and 1."""
+    one after the other, each given device 0; with two devices they overlap on 0 and 1 (each
+    waits until both have started, so a slow start on a busy machine cannot separate them)."""
     for devices in ([0], [0, 1]):
         root = tmp_path / f"gpus-{len(devices)}"
         log = root / "calls.txt"
         config = _config(root, f"gpu-{len(devices)}", {"kind": "local", "workers": 2,
                                                        "gpus": devices},
                          budget=2, evaluator={"adapter": "gpu-sleep",
-                                              "parameters": {"log": str(log), "seconds": 2.0}})
+                                              "parameters": {"log": str(log), "seconds": 1.0,
+                                                             "together": len(devices)}})
         config["objective"] = {"property": "energy_per_atom", "direction": "minimize"}
         assert _run(config)["by_status"] == {"accepted": 2}
         (s1, e1, d1), (s2, e2, d2) = _intervals(log)

@@ -168,19 +168,30 @@ class SleepEvaluator(Evaluator):
 
 class GPUSleepEvaluator(SleepEvaluator):
     """:class:`SleepEvaluator` that needs one GPU (``resources.gpus``) and appends
-    ``<start> <end> <CUDA_VISIBLE_DEVICES>`` to ``log`` for each call, to show slots."""
+    ``<start> <end> <CUDA_VISIBLE_DEVICES>`` to ``log`` for each call, to show slots.
+
+    With ``together = n`` a call also waits (up to 60 s) until ``n`` calls have started, so
+    calls that may run at once overlap however slowly a busy machine starts them, and calls
+    held one after the other show it (the first ends only at that deadline)."""
 
     name = "gpu-sleep"
     resources = Resources(gpus=1)
     path_parameters = ("log",)
 
-    def __init__(self, log: str, seconds: float = 2.0):
+    def __init__(self, log: str, seconds: float = 2.0, together: int = 1):
         super().__init__(seconds=seconds)
         self.log = str(log)
+        self.together = int(together)
 
     def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
         start = time.time()
+        started = Path(f"{self.log}.started")
+        with open(started, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
         result = super().evaluate(structure, workdir)
+        while (len(started.read_text().split()) < self.together
+               and time.time() < start + 60):
+            time.sleep(0.05)
         with open(self.log, "a") as handle:
             handle.write(f"{start!r} {time.time()!r} "
                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n")
