@@ -125,6 +125,26 @@ def pg_url():
         admin.dispose()
 
 
+@pytest.fixture
+def prefect_database():
+    """A PostgreSQL database of its own for a Prefect server (asyncpg URL), dropped after."""
+    from sqlalchemy import create_engine, make_url, text
+
+    if not _postgres_answers():
+        pytest.skip(f"no PostgreSQL server answers at {POSTGRES}")
+    name = f"mf_prefect_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        url = make_url(POSTGRES).set(drivername="postgresql+asyncpg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "local-slurm.sh"
 
 
