@@ -243,6 +243,10 @@ class MutationGenerator(Generator):
         return Candidate(structure, f"{self.name}:{kind}", parent=parent.fingerprint)
 
 
+MISSES_PER_TRY = 10
+"""A generator stops after ``MISSES_PER_TRY * max_tries`` draws in a row gave nothing new."""
+
+
 def draw_candidates(
     quotas: Sequence[tuple[Generator, int]],
     rng: np.random.Generator,
@@ -263,8 +267,10 @@ def draw_candidates(
     also distinct from each other as the matcher sees them.
 
     Each generator is asked for one candidate at a time until it has given its
-    quota of new ones, or ``max_tries * quota`` draws gave no more (a small,
-    exhausted search space); its shortfall is not made up by the others.
+    quota of new ones, or ``max_tries * quota`` draws gave no more, or the last
+    ``MISSES_PER_TRY * max_tries`` draws in a row gave nothing new (a small, exhausted
+    search space: mutants of a few small parents, most of them seen); its shortfall is
+    not made up by the others.
     """
     index = exclude if isinstance(exclude, StructureIndex) else StructureIndex(exclude)
     for p in parents:
@@ -272,9 +278,11 @@ def draw_candidates(
     out: list[Candidate] = []
     for generator, quota in quotas:
         goal = len(out) + quota
+        misses = 0
         for _ in range(max_tries * max(quota, 1)):
-            if len(out) >= goal:
+            if len(out) >= goal or misses >= MISSES_PER_TRY * max_tries:
                 break
+            misses += 1
             for cand in generator.propose(1, rng, parents):
                 if index.has_fingerprint(cand.fingerprint):
                     continue  # the cheap test first: most repeats are exact
@@ -285,6 +293,7 @@ def draw_candidates(
                     continue
                 if index.add(cand.structure, cand.fingerprint):
                     out.append(cand)
+                    misses = 0
     return out
 
 

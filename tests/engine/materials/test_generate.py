@@ -67,3 +67,28 @@ def test_fingerprint_sees_symmetry_equivalent_decorations_as_one():
     s.translate_sites(range(len(s)), [0.5, 0.5, 0.0])
     assert fingerprint(s) == c.fingerprint
     assert Candidate(s * (1, 2, 1), "x").fingerprint == c.fingerprint
+
+
+def test_an_exhausted_generator_stops_after_a_run_of_draws_that_give_nothing_new():
+    """Mutants of one two-atom parent are few: asked for 100, the mutation generator gives
+    what exists and stops after 10 * max_tries fruitless draws in a row, not
+    after max_tries * 100 (a round's proposal took seconds on such a search)."""
+    from pymatgen.core import Lattice, Structure
+
+    from matforge.engine.materials.generate import draw_candidates
+
+    parent_structure = Structure(Lattice.cubic(3.6), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    parent = Candidate(parent_structure, "seed")
+
+    class Counting(MutationGenerator):
+        draws = 0
+
+        def propose(self, n, rng, parents=()):
+            Counting.draws += n
+            return super().propose(n, rng, parents)
+
+    found = draw_candidates([(Counting(["Cu", "Au", "Ag"]), 100)], np.random.default_rng(0),
+                            [parent], max_tries=20)
+    assert 0 < len(found) < 10
+    # each new mutant restarts the count of 200 misses; the cap, max_tries * quota, is 2,000
+    assert Counting.draws <= (len(found) + 1) * 200 < 2_000
