@@ -36,7 +36,7 @@ def _config(tmp_path: Path, **generator) -> dict:
     }
 
 
-def test_the_pool_is_valid_and_says_what_made_it_and_what_was_refused(tmp_path):
+def test_the_pool_is_valid_and_says_what_made_it_and_what_was_refused(testing_adapters, tmp_path):
     config = parse_config(_config(tmp_path))
     pool = stages.propose(config, 0, [], set())
     assert len(pool) >= 20
