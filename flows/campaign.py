@@ -11,8 +11,10 @@ the round's artifacts (:mod:`matforge.flows.artifacts`).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from prefect import Flow, get_run_logger, task
@@ -143,8 +145,7 @@ def _campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str
     rename_flow_run(run_name(config.name, number))
     rounds: list[int] = []
 
-    def on_round(result: RoundResult) -> None:
-        rounds.append(result.round)
+    def publish(result: RoundResult) -> None:
         campaign_id = store.campaign_id(config.name)
         try:
             report = publish_round(config, store, campaign_id, unit)
@@ -156,8 +157,17 @@ def _campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str
         for line in round_lines(config, result, unit, report):
             logger.info("%s", line)
 
+    # a round's plots and log lines are made while the next round works, one round at a time
+    publisher = ThreadPoolExecutor(1, thread_name_prefix="matforge-artifacts")
+    published: list[Future] = []
+
+    def on_round(result: RoundResult) -> None:
+        rounds.append(result.round)
+        published.append(publisher.submit(contextvars.copy_context().run, publish, result))
+
     def before_round(campaign_id: int, round: int) -> None:
         if config.review.pause:
+            wait(published)  # the review table the pause shows is the newest
             ask_review(config, store, campaign_id, round, logger)
 
     def on_wait(owner: Owner) -> None:
@@ -171,6 +181,7 @@ def _campaign_flow(config: CampaignConfig, new_config: bool = False) -> dict[str
                                 new_config=new_config, on_wait=on_wait, screener=screener,
                                 before_round=before_round)
     finally:
+        publisher.shutdown(wait=True)  # every round's artifacts are there when the run ends
         if rounds:
             rename_flow_run(run_name(config.name, number, min(rounds), max(rounds)))
 
