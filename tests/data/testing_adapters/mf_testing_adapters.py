@@ -147,22 +147,35 @@ class FlakyEMTEvaluator(EMTEvaluator):
 
 class SleepEvaluator(Evaluator):
     """Blocks for ``seconds`` in ``time.sleep`` (``how="python"``) or in a ``sleep`` child
-    process (``how="process"``), as a hung code would, then returns a fixed result."""
+    process (``how="process"``), as a hung code would, then returns a fixed result, or with
+    ``energy="emt"`` the cell's EMT energy without relaxation (milliseconds), so a campaign of
+    sleeps has something to learn."""
 
     name = "sleep"
     implemented_properties = {"energy": "eV", "energy_per_atom": "eV/atom"}
 
-    def __init__(self, seconds: float = 60.0, how: str = "python"):
+    def __init__(self, seconds: float = 60.0, how: str = "python", energy: str = "fixed"):
         if how not in ("python", "process"):
             raise ValueError(f"how must be 'python' or 'process', got {how!r}")
+        if energy not in ("fixed", "emt"):
+            raise ValueError(f"energy must be 'fixed' or 'emt', got {energy!r}")
         self.seconds = float(seconds)
         self.how = how
+        self.energy = energy
 
     def evaluate(self, structure: Structure, workdir: Path) -> EvaluationResult:
         if self.how == "python":
             time.sleep(self.seconds)
         else:
             subprocess.run(["sleep", str(self.seconds)], check=True)
+        if self.energy == "emt":
+            from ase.calculators.emt import EMT
+            from pymatgen.io.ase import AseAtomsAdaptor
+
+            atoms = AseAtomsAdaptor.get_atoms(structure)
+            atoms.calc = EMT()
+            energy = float(atoms.get_potential_energy())
+            return EvaluationResult(energy=energy, energy_per_atom=energy / len(atoms))
         return EvaluationResult(energy=-1.0 * len(structure), energy_per_atom=-1.0)
 
 

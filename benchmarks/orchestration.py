@@ -1,0 +1,168 @@
+"""Where a campaign's wall time goes: evaluation, training and selection, and the rest.
+
+A campaign of ``--budget`` evaluations (default 200) in batches of ``--batch`` (8) over
+decorations of six fcc metals, each evaluation the tests' ``sleep`` adapter (``--seconds``,
+1 s, then the cell's EMT energy without relaxation, milliseconds), ``--batch`` evaluations
+at a time in child processes, run by ``campaign_flow`` on a Prefect server of the
+benchmark's own, as ``matforge run`` runs it. Afterwards the flow run's task runs are read
+back from the Prefect API and the wall time split by what was running:
+
+  evaluation   some ``evaluate-*`` task ran
+  model        else the ``select`` stage (the surrogate's fit and the acquisition) or the
+               ``retrain`` stage (the model's held-out quality) ran
+  outside      neither: proposing, featurizing, flagging, the store, Prefect itself
+
+Target (issue 19): outside under 5 % of the wall time.
+
+    python benchmarks/orchestration.py
+    python benchmarks/orchestration.py --budget 48   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MATFORGE_THREADS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dispatch_overhead import _free_port, _install_sleep_adapter  # noqa: E402
+
+ELEMENTS = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt"]
+MODEL_STAGES = ("select", "retrain")
+
+
+def union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Disjoint intervals covering the given ones, in order."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def covered(intervals: list[tuple[float, float]]) -> float:
+    return sum(b - a for a, b in union(intervals))
+
+
+def minus(intervals, taken) -> list[tuple[float, float]]:
+    """The parts of ``intervals`` outside ``taken`` (both lists of (start, end))."""
+    out = []
+    for start, end in union(intervals):
+        for a, b in union(taken):
+            if b <= start or a >= end:
+                continue
+            if a > start:
+                out.append((start, a))
+            start = max(start, b)
+            if start >= end:
+                break
+        if start < end:
+            out.append((start, end))
+    return out
+
+
+def split(task_runs, wall: tuple[float, float]) -> dict[str, float]:
+    """Seconds of ``wall`` with an evaluation running, else model work, else neither."""
+    spans: dict[str, list[tuple[float, float]]] = {"evaluation": [], "model": []}
+    stages: dict[str, float] = {}
+    for run in task_runs:
+        if run.start_time is None or run.end_time is None:
+            continue
+        span = (run.start_time.timestamp(), run.end_time.timestamp())
+        stage = run.name.split(" · ")[0]
+        kind = "evaluation" if stage.startswith("evaluate-") else \
+            "model" if stage in MODEL_STAGES else None
+        if kind:
+            spans[kind].append(span)
+        key = "evaluate" if kind == "evaluation" else stage
+        stages[key] = stages.get(key, 0.0) + span[1] - span[0]
+    total = wall[1] - wall[0]
+    evaluation = covered(spans["evaluation"])
+    model = covered(minus(spans["model"], spans["evaluation"]))
+    return {"wall": total, "evaluation": evaluation, "model": model,
+            "outside": total - evaluation - model, "stages": stages}
+
+
+def run(budget: int, batch: int, seconds: float, root: Path) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from matforge.engine.config import parse_config
+    from matforge.flows.campaign import campaign_flow
+
+    config = parse_config({
+        "name": "orchestration", "elements": ELEMENTS, "budget": budget, "batch_size": batch,
+        "generator": {"pool_size": 200, "max_atoms": 8},
+        "objective": {"property": "energy_per_atom", "direction": "minimize"},
+        "evaluator": {"adapter": "sleep", "parameters": {"seconds": seconds, "energy": "emt"}},
+        "executor": {"kind": "local", "workers": batch},
+        "store": f"sqlite:///{root / 'store.db'}", "workdir": str(root / "runs"), "seed": 1,
+    })
+    started = time.time()
+    state = campaign_flow(config, return_state=True)
+    ended = time.time()
+    if not state.is_completed():
+        raise RuntimeError(f"the campaign ended {state.type}: {state.message}")
+    with get_client(sync_client=True) as client:
+        flow_run_id = state.state_details.flow_run_id
+        task_runs: list = []
+        while True:  # the API returns at most 200 at a time
+            page = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_run_id])), limit=200, offset=len(task_runs))
+            task_runs += page
+            if len(page) < 200:
+                break
+    figures = split(task_runs, (started, ended))
+    figures["evaluations"] = sum(r.name.startswith("evaluate-") for r in task_runs)
+    return figures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from matforge.flows.server import start_server
+
+    with tempfile.TemporaryDirectory(prefix="matforge-orchestration-") as tmp:
+        root = Path(tmp)
+        _install_sleep_adapter(root / "site")
+        home = root / "prefect-home"
+        home.mkdir()
+        url, server = start_server(port=_free_port(), log_path=home / "server.log",
+                                   env={"PREFECT_HOME": str(home)})
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                figures = run(args.budget, args.batch, args.seconds, root)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    wall = figures["wall"]
+    print(f"\n{figures['evaluations']} evaluations of a {args.seconds:g} s sleep, batches of "
+          f"{args.batch}, {args.batch} at a time; wall {wall:.1f} s")
+    for part in ("evaluation", "model", "outside"):
+        print(f"  {part:<11}{figures[part]:8.1f} s  {100 * figures[part] / wall:5.1f} %")
+    print("task-run seconds by stage (evaluations summed over their parallel runs):")
+    for stage, spent in sorted(figures["stages"].items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:<14}{spent:8.1f} s")
+    ok = figures["outside"] < 0.05 * wall
+    print(f"outside evaluation, training and selection: {100 * figures['outside'] / wall:.1f} % "
+          f"of the wall time ({'PASS' if ok else 'FAIL'}: target < 5 %)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
