@@ -41,7 +41,8 @@ class Selection:
     """The rows picked from a pool with what the surrogate said of them.
 
     Arrays have shape (n_picked,); mean, std and acquisition are NaN where no
-    model was used.
+    model was used; ``model`` is the fitted surrogate that picked them (None where none)
+    and ``metrics`` its held-out quality (``engine/loop/campaign.py:model_quality``).
     """
 
     indices: np.ndarray
@@ -49,6 +50,8 @@ class Selection:
     std: np.ndarray
     acquisition: np.ndarray
     model_version: str | None = None
+    model: Surrogate | None = None
+    metrics: dict[str, float] | None = None  # the model's held-out quality, where measured
 
 
 def unit_scale(*blocks: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -185,9 +188,8 @@ class Strategy:
                 pending=pending, constraint=constraint, budget=self.budget,
             )
             mean, std = model.predict(X_pool[idx], return_std=True)
-            return Selection(
-                np.asarray(idx), mean, std, np.asarray(acq), self.model_version(len(y_train))
-            )
+            return Selection(np.asarray(idx), mean, std, np.asarray(acq),
+                             self.model_version(len(y_train)), model)
         if self.acquisition_.needs_model:
             (scaled,) = unit_scale(X_pool)
             idx = diverse_random_batch(scaled, n, np.random.default_rng(seed))

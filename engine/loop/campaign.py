@@ -41,6 +41,7 @@ from matforge.engine.materials.structures import composition_of
 from matforge.engine.materials.validity import Filters, filter_candidates
 from matforge.engine.models.forest import FeasibilityClassifier
 from matforge.engine.models.gp import GPSurrogate
+from matforge.engine.models.held_out import gp_held_out
 from matforge.engine.models.metrics import uncertainty_metrics
 from matforge.engine.store.sql import Evaluation
 
@@ -211,6 +212,24 @@ def needs_model(config: CampaignConfig) -> bool:
     return strategy(config).acquisition_.needs_model
 
 
+KFOLD_MAX = 1000
+"""Most results a surrogate without closed-form held-out predictions is cross-validated on
+each round (five refits); above it a round reports no held-out quality."""
+
+
+def model_quality(config: CampaignConfig, model, X: np.ndarray,
+                  y: np.ndarray) -> dict[str, float] | None:
+    """Held-out quality of the ``model`` that picks a round, fitted to X : (n, n_features),
+    y : (n,): read from the exact GP's leave-one-out predictions
+    (:func:`~matforge.engine.models.held_out.gp_held_out`, no refit), else K-fold
+    cross-validation of the configured surrogate (:func:`surrogate_metrics`) up to
+    :data:`KFOLD_MAX` results; None with fewer than 3 results or above that."""
+    metrics = gp_held_out(model, y) if model is not None else None
+    if metrics is None and 3 <= len(y) <= KFOLD_MAX:
+        metrics = surrogate_metrics(config, X, y)
+    return metrics
+
+
 def surrogate_metrics(config: CampaignConfig, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Held-out quality of the configured surrogate on X : (n, n_features), y : (n,).
 
@@ -306,7 +325,8 @@ def select_pareto(
     )
     mean, std = surrogates[0].predict(X_pool[idx], return_std=True)
     return Selection(np.asarray(idx), mean, std, np.asarray(acq),
-                     f"{config.surrogate.kind}-nehvi-n{len(Y)}")
+                     f"{config.surrogate.kind}-nehvi-n{len(Y)}", surrogates[0],
+                     model_quality(config, surrogates[0], X, Y[:, 0]))
 
 
 def pareto_summary(config: CampaignConfig, evaluations: Sequence[Evaluation]) -> dict | None:
@@ -356,10 +376,13 @@ def select(
             return select_pareto(config, round, X_pool, X_train, Y_train, n)
     seed = int(round_rng(config.seed, round, SELECT).integers(2**31))
     constraint = feasibility(config, X_train, results) if len(y_train) >= MIN_TRAINING else None
-    return strategy(config).select(
+    selection = strategy(config).select(
         X_train, y_train, X_pool, n, maximize=config.objective.is_maximized(), seed=seed,
         constraint=constraint,
     )
+    if selection.model is not None:
+        selection.metrics = model_quality(config, selection.model, X_train, y_train)
+    return selection
 
 
 def anomaly_inputs(config: CampaignConfig, results: Sequence[Evaluation]):

@@ -333,7 +333,7 @@ def round_lines(config: CampaignConfig, result, unit: str = "",
                          f", {row['status']} {value} {unit}".rstrip())
     metrics = result.surrogate_metrics
     if metrics:
-        lines.append(f"round {r} model {result.surrogate or ''} (5-fold CV): RMSE "
+        lines.append(f"round {r} model {result.surrogate or ''} (held out): RMSE "
                      f"{significant(metrics.get('rmse'), 2)} {unit}, its 90 % intervals hold "
                      f"{100 * metrics.get('coverage90', 0.0):.0f} % of results".replace("  ", " "))
     return lines

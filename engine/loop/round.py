@@ -287,10 +287,11 @@ def run_round(
             if config.screen.as_feature:
                 X_train = screening.with_screen(X_train, s_train)
                 X_pool = screening.with_screen(X_pool, s_pool)
+    metrics = None  # the held-out quality of the model that picked this round
     if pool:
         selection = stage("select", stages.select, config, round, X_pool, X_train, training,
                               n_pick)
-        model_version = selection.model_version
+        model_version, metrics = selection.model_version, selection.metrics
         taken = {e.fingerprint for e in in_round}
         parameters = evaluator.parameters()
         for k, i in enumerate(selection.indices):
@@ -328,21 +329,7 @@ def run_round(
     if flagged:
         store.set_status(flagged, "needs_review", note=f"flagged by DBSCAN in round {round}")
 
-    # held-out quality of the model that will pick the next round
     training = training_set(store, campaign_id, round + 1, maximize)
-    metrics = None
-    if len(training) >= 3 and stages.needs_model(config):  # every fold keeps two points to fit
-        X = stage("featurize", stages.featurize, config,
-                      [e.input_structure() for e in training])
-        # screened already (the candidates were in the pool): read back; a screen trained on
-        # results that has not been trained (too few yet) screens nothing
-        if screener is not None and config.screen.as_feature and (
-                getattr(screener, "version_", "") is not None):
-            X = screening.with_screen(X, stage(
-                "screen", screening.screen_values, config, partial(_itself, screener),
-                [e.input_structure() for e in training], [e.fingerprint for e in training]))
-        y = np.array([e.objective for e in training])
-        metrics = stage("retrain", stages.surrogate_metrics, config, X, y)
     result = RoundResult(
         round=round, n_pool=len(pool), model_version=model_version, claimed=claimed,
         evaluated=len(running), flagged=flagged,

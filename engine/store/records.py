@@ -13,9 +13,10 @@ class RoundResult(BaseModel):
     ``claimed`` lists the evaluations claimed in this round, ``evaluated`` counts
     the evaluations dispatched (a resumed round also finishes earlier rounds'
     leftovers), ``flagged`` the results held for review, ``best`` the best
-    training objective after the round. ``surrogate_metrics`` is the 5-fold
-    cross-validated quality of the model that will pick the next round (RMSE,
-    MAE, NLL, 90 % coverage, miscalibration area), ``pareto`` the front and
+    training objective after the round. ``surrogate_metrics`` is the held-out
+    quality of the model that picked this round (RMSE, MAE, NLL, 90 % coverage,
+    miscalibration area: leave-one-out for a GP, 5-fold cross-validation otherwise;
+    ``engine/loop/campaign.py:model_quality``), ``pareto`` the front and
     hypervolume of a multi-objective campaign.
     """
 

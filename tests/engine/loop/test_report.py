@@ -116,6 +116,6 @@ def test_a_rounds_log_lines_say_what_happened_in_the_science():
         "-0.1235 eV/atom",
         "round 2 pool of 30: decoration 20, mutation 10; refused: none",
         "round 2 picked #7 CuAu (mutation): predicted -0.10 ± 0.02, accepted -0.1235 eV/atom",
-        "round 2 model gp (5-fold CV): RMSE 0.012 eV/atom, its 90 % intervals hold 88 % of "
+        "round 2 model gp (held out): RMSE 0.012 eV/atom, its 90 % intervals hold 88 % of "
         "results",
     ]
