@@ -8,8 +8,8 @@ benchmark's own, as ``matforge run`` runs it. Afterwards the flow run's task run
 back from the Prefect API and the wall time split by what was running:
 
   evaluation   some ``evaluate-*`` task ran
-  model        else the ``select`` stage (the surrogate's fit and the acquisition) or the
-               ``retrain`` stage (the model's held-out quality) ran
+  model        else the ``select`` stage ran (the surrogate's fit, the acquisition and the
+               model's held-out quality)
   outside      neither: proposing, featurizing, flagging, the store, Prefect itself
 
 Target (issue 19): outside under 5 % of the wall time.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dispatch_overhead import _free_port, _install_sleep_adapter  # noqa: E402
 
 ELEMENTS = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt"]
-MODEL_STAGES = ("select", "retrain")
+MODEL_STAGES = ("select",)
 
 
 def union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
