@@ -270,9 +270,9 @@ def run_round(
     # a round resumed with its claims complete keeps the model that picked them
     model_version = in_round[0].model_version if in_round else None
     if pool:
-        X_train = stage("featurize", stages.featurize, config,
-                            [e.input_structure() for e in training])
-        X_pool = stage("featurize", stages.featurize, config, [c.structure for c in pool])
+        X = stage("featurize", stages.featurize, config,
+                  [e.input_structure() for e in training] + [c.structure for c in pool])
+        X_train, X_pool = X[:len(training)], X[len(training):]
         if screener is not None and getattr(screener, "trainable", False):
             screener = stage("train_screen", screening.train_screener, screener, training)
         if screener is not None:
