@@ -147,6 +147,9 @@ def main(argv=None) -> int:
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 figures = run(args.budget, args.batch, args.seconds, root)
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=10)  # while the server still listens
         finally:
             server.terminate()
             server.wait(timeout=30)
