@@ -517,6 +517,23 @@ class CampaignConfig(_Section):
     workdir: str = Field("matforge-runs", description="where each evaluation gets its directory")
     seed: int = Field(0, ge=0)
 
+    def summary(self) -> dict[str, Any]:
+        """What the campaign is and what it may spend, for people (the parameters its flow
+        run shows in the Prefect UI): not generator settings, evaluator parameters, paths or
+        hosts; the store without its password."""
+        from matforge.engine.store.sql import redact_url
+
+        return {
+            "campaign": self.name,
+            "objective": ", ".join(f"{o.direction} {o.property}"
+                                   for o in [self.objective, *self.objectives]),
+            "evaluator": self.evaluator.adapter,
+            "budget": self.budget,
+            "batch_size": self.batch_size,
+            "acquisition": self.acquisition.kind,
+            "store": redact_url(self.store),
+        }
+
     @field_serializer("store", when_used="json")
     def _redact_store_password(self, store: str) -> str:
         # JSON copies (the Prefect API's flow parameters, the store) never carry the password;

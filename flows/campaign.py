@@ -27,7 +27,7 @@ from matforge.engine.loop.report import round_lines
 from matforge.engine.loop.round import run_campaign
 from matforge.engine.settings import limit_threads
 from matforge.engine.store.records import RoundResult
-from matforge.engine.store.sql import CampaignStore, Owner, redact_url
+from matforge.engine.store.sql import CampaignStore, Owner
 from matforge.flows.artifacts import (
     publish_review,
     publish_round,
@@ -94,24 +94,10 @@ def _store(url: str) -> CampaignStore:
     return _stores[url]
 
 
-def viewer_parameters(config: CampaignConfig) -> dict[str, Any]:
-    """What a campaign's flow run shows as its parameters in the Prefect UI: what the campaign
-    is and what it may spend, not its whole configuration (generator settings, evaluator
-    parameters, paths and hosts stay with whoever runs it; the store's password never leaves)."""
-    objectives = [config.objective, *config.objectives]
-    return {
-        "campaign": config.name,
-        "objective": ", ".join(f"{o.direction} {o.property}" for o in objectives),
-        "evaluator": config.evaluator.adapter,
-        "budget": config.budget,
-        "batch_size": config.batch_size,
-        "acquisition": config.acquisition.kind,
-        "store": redact_url(config.store),
-    }
-
-
 class _CampaignFlow(Flow):
-    """A flow whose run records :func:`viewer_parameters` of its ``config`` in the Prefect API.
+    """A flow whose run records what a viewer needs of its ``config`` (its ``summary()``:
+    what the campaign is and what it may spend, not its generator settings, evaluator
+    parameters, paths and hosts; the store's password never leaves) in the Prefect API.
     Its runs start in the process that holds the configuration (``matforge run``, or a
     deployment's ``campaign_file_flow``, whose parameter is the campaign file), so the API's
     copy is only ever read by people."""
@@ -119,7 +105,7 @@ class _CampaignFlow(Flow):
     def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
         config = parameters.get("config")
         if isinstance(config, CampaignConfig):
-            parameters = {**viewer_parameters(config),
+            parameters = {**config.summary(),
                           **{k: v for k, v in parameters.items() if k != "config"}}
         return super().serialize_parameters(parameters)
 
