@@ -14,11 +14,15 @@ import torch
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
 from botorch.models import ModelListGP
+from botorch.models.gpytorch import GPyTorchModel
+from botorch.models.model import Model
 from botorch.optim import optimize_acqf, optimize_acqf_discrete
+from botorch.posteriors.gpytorch import GPyTorchPosterior
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.utils.multi_objective.box_decompositions.dominated import DominatedPartitioning
 from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
+from gpytorch.distributions import MultitaskMultivariateNormal
 
 from matforge.engine.acquisition.batch import _rows_to_indices, rows_not_pending
 from matforge.engine.models.gp import DTYPE, as_tensor
@@ -126,6 +130,36 @@ def _ref_in_model_scale(surrogates, ref: np.ndarray) -> np.ndarray:
     return np.array([s.to_model_scale(ref[j : j + 1])[0] for j, s in enumerate(surrogates)])
 
 
+class IndependentOutputs(Model):
+    """Single-output BoTorch models side by side as one model with an output each.
+
+    For models ``ModelListGP`` cannot hold (a sparse GP,
+    :class:`~matforge.engine.models.sparse.SparseGP`, has no GPyTorch likelihood):
+    the posterior at ``batch x q x d`` inputs is the multitask normal of the
+    models' independent joint normals, as ``ModelListGP`` gives it for exact GPs.
+    """
+
+    def __init__(self, models):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.models)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size()
+
+    def posterior(self, X, output_indices=None, observation_noise=False, posterior_transform=None,
+                  **kwargs) -> GPyTorchPosterior:
+        models = [self.models[i] for i in (output_indices or range(len(self.models)))]
+        normals = [m.posterior(X, observation_noise=observation_noise).distribution
+                   for m in models]
+        posterior = GPyTorchPosterior(MultitaskMultivariateNormal.from_independent_mvns(normals))
+        return posterior if posterior_transform is None else posterior_transform(posterior)
+
+
 def _joint_model(surrogates, n_objectives: int):
     surrogates = list(surrogates) if isinstance(surrogates, (list, tuple)) else [surrogates]
     models = [s.botorch_model() for s in surrogates]
@@ -135,7 +169,11 @@ def _joint_model(surrogates, n_objectives: int):
             f"the surrogates have {n_outputs} outputs in all but Y_train has {n_objectives} "
             "objectives; give one single-output surrogate per objective or one multi-output one"
         )
-    return models[0] if len(models) == 1 else ModelListGP(*models)
+    if len(models) == 1:
+        return models[0]
+    if all(isinstance(m, GPyTorchModel) for m in models):
+        return ModelListGP(*models)
+    return IndependentOutputs(models)
 
 
 def _check_ref_point(ref_point, Y: np.ndarray, maximize) -> np.ndarray:
@@ -201,7 +239,8 @@ def select_pareto_batch(
     Parameters
     ----------
     surrogates : one fitted single-output surrogate per objective (combined in a
-        ``ModelListGP``), or one surrogate whose ``model_`` has an output per objective
+        ``ModelListGP``, or :class:`IndependentOutputs` where one is no GPyTorch
+        model), or one surrogate whose ``model_`` has an output per objective
     X_pool : array of shape (n_candidates, n_features)
     Y_train : array of shape (n_train, n_objectives), observed values; used only
         for the default reference point

@@ -154,8 +154,10 @@ class Strategy:
         """The surrogate fitted to X : (n, n_features), y : (n,); inputs are normalized
         over X and X_pool : (n_pool, n_features) together, ``maximize`` is the goal (a
         GP's outliers lie on its worse side)."""
-        both = X if X_pool is None or len(X_pool) == 0 else np.vstack([X, X_pool])
-        bounds = np.stack([both.min(0), both.max(0)])
+        bounds = np.stack([X.min(0), X.max(0)])
+        if X_pool is not None and len(X_pool):  # without stacking a large pool under X
+            bounds = np.stack([np.minimum(bounds[0], X_pool.min(0)),
+                               np.maximum(bounds[1], X_pool.max(0))])
         model = make_surrogate(
             self.surrogate, random_state=seed, **self.surrogate_arguments(maximize)
         )
