@@ -313,13 +313,16 @@ class GPSurrogate(Surrogate):
         measurement rather than of the underlying function).
         """
         mean_z, std_z = self.predict_latent(X, observation_noise)
-        inverse = self.y_transform_.inverse
-        mean = inverse(mean_z)
         if not return_std:
-            return mean
-        # half the width of the mapped-back ±1σ interval: exact for the identity,
-        # and for a copula it follows the data's spread over the whole interval
-        return mean, 0.5 * (inverse(mean_z + std_z) - inverse(mean_z - std_z))
+            return self.y_transform_.inverse(mean_z)
+        return self.from_latent(mean_z, std_z)
+
+    def from_latent(self, mean_z: np.ndarray, std_z: np.ndarray):
+        """Mean and std in the units of y from the transformed scale's: the back-transformed
+        mean and half the width of the back-transformed ±1σ interval (exact for the
+        identity; for a copula it follows the data's spread over the whole interval)."""
+        inverse = self.y_transform_.inverse
+        return inverse(mean_z), 0.5 * (inverse(mean_z + std_z) - inverse(mean_z - std_z))
 
     def predict_interval(self, X: np.ndarray, level: float = 0.9, observation_noise: bool = True):
         """Central ``level`` interval of a new measurement at X, arrays (lower, upper) of shape
@@ -356,11 +359,10 @@ class GPSurrogate(Surrogate):
         if self.mixture_ is not None:
             means, stds = [], []
             for rows in self.mixture_.chunks(len(X)):
-                mean, std = self.mixture_.moments(as_tensor(X[rows]), observation_noise)
-                mixed = mean.mean(0)
-                var = (std**2 + mean**2).mean(0) - mixed**2
-                means.append(mixed.numpy())
-                stds.append(var.clamp_min(0).sqrt().numpy())
+                mean, std = mixed_moments(*self.mixture_.moments(as_tensor(X[rows]),
+                                                                 observation_noise))
+                means.append(mean)
+                stds.append(std)
             return _joined(means), _joined(stds)
         if isinstance(self.model_, SparseGP):
             mean, std = self.model_.moments(as_tensor(X), observation_noise)
@@ -374,6 +376,14 @@ class GPSurrogate(Surrogate):
     def _check_X(self, X: np.ndarray) -> None:
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
+
+
+def mixed_moments(mean: torch.Tensor, std: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the equal mixture of each column's normals: components' means and
+    stds (S, m) -> two arrays (m,)."""
+    mixed = mean.mean(0)
+    var = (std**2 + mean**2).mean(0) - mixed**2
+    return mixed.numpy(), var.clamp_min(0).sqrt().numpy()
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

@@ -43,18 +43,16 @@ def gp_held_out(model, y: np.ndarray, level: float = LEVEL) -> dict[str, float] 
     """Leave-one-out metrics of a fitted :class:`~matforge.engine.models.gp.GPSurrogate`
     (its training targets ``y`` : (n,), in their own units), or None when it has no exact
     mixture to read them from (the sparse GP)."""
-    from matforge.engine.models.gp import mixture_quantile
+    from matforge.engine.models.gp import mixed_moments, mixture_quantile
 
     mixture = getattr(model, "mixture_", None)
     if mixture is None:
         return None
     y = np.asarray(y, dtype=float)
-    means, stds = (t.numpy() for t in leave_one_out(mixture))
-    mixed = means.mean(0)
-    spread = np.sqrt(np.clip((stds**2 + means**2).mean(0) - mixed**2, 0, None))
+    components = leave_one_out(mixture)
+    mean, std = model.from_latent(*mixed_moments(*components))
+    means, stds = (t.numpy() for t in components)
     inverse = model.y_transform_.inverse
-    mean = inverse(mixed)
-    std = 0.5 * (inverse(mixed + spread) - inverse(mixed - spread))
     lower = inverse(mixture_quantile(means, stds, 0.5 - level / 2))
     upper = inverse(mixture_quantile(means, stds, 0.5 + level / 2))
     metrics = uncertainty_metrics(y, mean, np.maximum(std, 1e-12))
