@@ -246,6 +246,38 @@ def _condition_on_mean(model, X: Tensor):
             return model
 
 
+def decreasing_root(excess: Callable[[float], tuple[float, float]], lo: float, hi: float,
+                    start: float, xtol: float = 1e-9) -> float:
+    """The root of a decreasing ``excess(tau) -> (value, slope)`` in [lo, hi], where
+    excess(lo) > 0 > excess(hi) is known, by Newton steps from ``start`` kept inside the
+    bracket (a bisection where a step would leave it).
+
+    A threshold's count is smooth in tau but for the steps of the results it counts,
+    so Newton converges in a few evaluations (each a pass over every prediction of the
+    pool) where it is smooth, and the bracket still closes on a step.
+    """
+    a, b = lo, hi
+    tau = min(max(start, a), b)
+    for _ in range(200):
+        value, slope = excess(tau)
+        if value == 0:
+            return tau
+        a, b = (tau, b) if value > 0 else (a, tau)
+        step = -value / slope if slope < 0 else np.inf
+        if abs(step) <= xtol or b - a <= xtol:
+            return tau + step if a <= tau + step <= b else tau
+        tau = tau + step if a < tau + step < b else 0.5 * (a + b)
+    return tau
+
+
+def _start(mean: np.ndarray, observed: np.ndarray, count: float) -> float:
+    """A first guess at the threshold of ``count`` rows: where ``count`` of the candidates'
+    mean predictions (mean : (S, n), averaged over S) and the results lie above it."""
+    values = np.concatenate([mean.mean(0), observed])
+    above = min(len(values), max(1, int(round(count))))
+    return float(np.partition(values, len(values) - above)[len(values) - above])
+
+
 def top_threshold(
     mean: np.ndarray,
     std: np.ndarray,
@@ -258,12 +290,11 @@ def top_threshold(
 
     Candidates contribute P(y > tau) = Φ((mean - tau) / std) each, results 1 if
     they lie above tau, each times its weight (e.g. its probability of being
-    feasible; default 1); the sum falls monotonically in tau, so tau is its root.
-    ``mean`` and ``std`` have shape (n,), or (S, n) for candidates whose
-    prediction is an equal mixture of S normals.
+    feasible; default 1); the sum falls monotonically in tau, so tau is its root
+    (:func:`decreasing_root`). ``mean`` and ``std`` have shape (n,), or (S, n) for
+    candidates whose prediction is an equal mixture of S normals.
     """
-    from scipy.optimize import brentq
-    from scipy.stats import norm
+    from scipy.special import ndtr
 
     mean = np.atleast_2d(mean).astype(float)
     std = np.maximum(np.atleast_2d(std).astype(float), 1e-12)
@@ -274,13 +305,15 @@ def top_threshold(
     )
 
     def excess(tau):
-        return (w * norm.sf((tau - mean) / std).mean(0)).sum() + w_obs[observed > tau].sum() - count
+        z = (mean - tau) / std
+        slope = -(w * (np.exp(-0.5 * z**2) / std).mean(0)).sum() / np.sqrt(2 * np.pi)
+        return (w * ndtr(z).mean(0)).sum() + w_obs[observed > tau].sum() - count, slope
 
     values = np.concatenate([(mean - 12 * std).ravel(), (mean + 12 * std).ravel(), observed])
     lo, hi = values.min() - 1.0, values.max() + 1.0
-    if excess(lo) <= 0:  # asked for (nearly) every row
+    if w.sum() + w_obs.sum() <= count:  # asked for (nearly) every row
         return lo
-    return brentq(excess, lo, hi, xtol=1e-9)
+    return decreasing_root(excess, lo, hi, _start(mean, observed, count))
 
 
 def _log_probability_of_top(
@@ -465,9 +498,9 @@ class _PoolNormals:
         return out
 
     def count(self, tau: float, w: np.ndarray | None, keep: np.ndarray | None = None,
-              derivatives: bool = False):
-        """sum_i w_i P_i(new measurement > tau) over the rows (where ``keep``); with
-        ``derivatives``, also its first and second derivatives in tau."""
+              order: int = 0):
+        """sum_i w_i P_i(new measurement > tau) over the rows (where ``keep``); with ``order``
+        1 or 2, an array of it and its derivatives in tau up to that order."""
         from scipy.special import ndtr
 
         total = np.zeros(3)
@@ -477,11 +510,12 @@ class _PoolNormals:
                 weight = weight * keep[block]
             z = (mean - tau) / std
             total[0] += (weight * ndtr(z).mean(0)).sum()
-            if derivatives:
+            if order:
                 density = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
                 total[1] -= (weight * (density / std).mean(0)).sum()
+            if order > 1:
                 total[2] -= (weight * (z * density / std**2).mean(0)).sum()
-        return total if derivatives else total[0]
+        return total[: order + 1] if order else total[0]
 
 
 def _signed_normals(model, X: Tensor, sign: float) -> tuple[np.ndarray, np.ndarray]:
@@ -515,7 +549,6 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
 
     Returns positions in ``choices`` and each pick's log P(top) (times P(feasible)).
     """
-    from scipy.optimize import brentq
     from scipy.special import log_ndtr, logsumexp, ndtr
 
     conditioned = model if pending_t is None else _condition_on_mean(model, pending_t)
@@ -532,33 +565,37 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
     log_feasible = np.zeros(n) if p is None else p.clamp_min(_MIN_PROBABILITY).log().numpy()
 
     def weighted(mean, std, weights):
-        if weights is None:
-            return lambda tau: ndtr((mean - tau) / std).mean(0).sum()
-        return lambda tau: (weights * ndtr((mean - tau) / std).mean(0)).sum()
+        """tau -> (sum of weights * P(above tau), its slope) over normals (S, m)."""
+        weights = np.ones(mean.shape[1]) if weights is None else weights
+
+        def excess(tau):
+            z = (mean - tau) / std
+            slope = -(weights * (np.exp(-0.5 * z**2) / std).mean(0)).sum() / np.sqrt(2 * np.pi)
+            return (weights * ndtr(z).mean(0)).sum(), slope
+        return excess
 
     def observed_above(tau):
         return w_obs[observed > tau].sum()
 
-    def root(excess, lo, hi, near=None):
-        """The root of the decreasing ``excess`` in [lo, hi]; bracketed outwards from ``near``
-        where given (the rows outside the shortlist count only near tau0)."""
-        if near is not None:
-            a = b = near
+    def root(excess, start, near=False):
+        """The root of the decreasing ``excess(tau) -> (value, slope)`` in [lo, hi], from
+        ``start``; with ``near``, bracketed outwards from it first (the rows outside the
+        shortlist count only near tau0)."""
+        a, b = lo, hi
+        if near:
+            a = b = start
             step = 1e-6 * (hi - lo)
-            while excess(a) < 0 and a > lo:
-                a, step = max(lo, near - step), 2 * step
+            while excess(a)[0] < 0 and a > lo:
+                a, step = max(lo, start - step), 2 * step
             step = 1e-6 * (hi - lo)
-            while excess(b) > 0 and b < hi:
-                b, step = min(hi, near + step), 2 * step
-            lo, hi = a, b
-        if excess(lo) <= 0:  # asked for (nearly) every row
-            return lo
-        if excess(hi) >= 0:
-            return hi
-        return brentq(excess, lo, hi, xtol=1e-9)
+            while excess(b)[0] > 0 and b < hi:
+                b, step = min(hi, start + step), 2 * step
+            if excess(a)[0] <= 0 or excess(b)[0] >= 0:
+                return a if excess(a)[0] <= 0 else b
+        return decreasing_root(excess, a, b, start)
 
     lo, hi = normals.extent()
-    in_pending = lambda tau: 0.0  # noqa: E731
+    in_pending = lambda tau: (0.0, 0.0)  # noqa: E731
     if n_pending:
         mean, std = _signed_normals(conditioned, pending_t, sign)
         lo, hi = min(lo, (mean - 12 * std).min()), max(hi, (mean + 12 * std).max())
@@ -566,16 +603,25 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
     if len(observed):
         lo, hi = min(lo, observed.min()), max(hi, observed.max())
     lo, hi = lo - 1.0, hi + 1.0
-    tau0 = root(lambda t: normals.count(t, w) + in_pending(t) + observed_above(t) - count, lo, hi)
+
+    def whole_pool(tau):
+        pool, slope = normals.count(tau, w, order=1)
+        pending, pending_slope = in_pending(tau)
+        return pool + pending + observed_above(tau) - count, slope + pending_slope
+
+    if total <= count:  # asked for (nearly) every row
+        tau0 = lo
+    else:
+        tau0 = root(whole_pool, _start(normals.sign * normals.mean, observed, count))
 
     short = _shortlist(normals.log_p(tau0) + log_feasible, SHORTLIST)
     outside = np.ones(n, dtype=bool)
     outside[short] = False
-    rest = normals.count(tau0, w, keep=outside, derivatives=True)
+    rest = normals.count(tau0, w, keep=outside, order=2)
 
     def rest_count(tau):
         shift = tau - tau0
-        return rest[0] + rest[1] * shift + 0.5 * rest[2] * shift**2
+        return rest[0] + rest[1] * shift + 0.5 * rest[2] * shift**2, rest[1] + rest[2] * shift
 
     checked_tau, checked_best = np.inf, -np.inf  # best score outside the shortlist at checked_tau
     tau = tau0
@@ -587,8 +633,12 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
             m = len(short)
             in_short = weighted(mean[:, :m], std[:, :m], None if w is None else w[short])
             in_pend = weighted(mean[:, m:], std[:, m:], w_pending) if n_pending else in_pending
-            tau = root(lambda t: in_short(t) + in_pend(t) + rest_count(t) + observed_above(t)
-                       - count, lo, hi, near=tau)
+            def excess(t):
+                parts = (in_short(t), in_pend(t), rest_count(t))
+                return (sum(v for v, _ in parts) + observed_above(t) - count,
+                        sum(slope for _, slope in parts))
+
+            tau = root(excess, tau, near=True)
             score = (logsumexp(log_ndtr((mean[:, :m] - tau) / std[:, :m]), axis=0)
                      - np.log(len(mean)) + log_feasible[short])
             score[np.isin(short, picked)] = -np.inf
@@ -608,7 +658,7 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
                 break
             joining = joining[np.argsort(-outside_scores[joining], kind="stable")][:SHORTLIST]
             rest = rest - normals.count(tau0, w, keep=np.isin(np.arange(n), joining),
-                                        derivatives=True)
+                                        order=2)
             outside[joining] = False
             short = np.sort(np.concatenate([short, joining]))
             checked_tau = np.inf

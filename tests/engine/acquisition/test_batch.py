@@ -245,6 +245,31 @@ def test_top_threshold_leaves_the_asked_share_above_it():
     )
 
 
+def test_the_threshold_root_takes_few_passes_and_closes_on_a_results_step(monkeypatch):
+    from scipy import special
+    from scipy.optimize import brentq
+
+    from matforge.engine.acquisition.batch import top_threshold
+
+    rng = np.random.default_rng(1)
+    means = rng.normal(size=(16, 5000))
+    stds = rng.uniform(0.1, 1.0, size=(16, 5000))
+    observed = rng.normal(size=100) + 2.0
+    ndtr = special.ndtr
+
+    def excess(tau):
+        return ndtr((means - tau) / stds).mean(0).sum() + (observed > tau).sum() - 12.5
+
+    expected = brentq(excess, -20, 20, xtol=1e-12)
+    passes = []  # each a pass over every prediction
+    monkeypatch.setattr(special, "ndtr", lambda z: passes.append(1) or ndtr(z))
+    assert top_threshold(means, stds, observed, 12.5) == pytest.approx(expected, abs=1e-8)
+    assert len(passes) <= 8  # Newton from the means' guess; brentq over the bracket took ~20
+    # where the results alone decide and 2.5 rows are asked for, tau is the 3rd best result
+    far = np.full((1, 10), -50.0), np.full((1, 10), 0.1)
+    assert top_threshold(*far, np.array([5.0, 4.0, 3.0]), 2.5) == pytest.approx(3.0, abs=1e-8)
+
+
 def test_ptop_explores_until_something_clears_the_threshold_then_exploits():
     from matforge.engine.models.gp import GPSurrogate
 
