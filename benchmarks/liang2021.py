@@ -87,10 +87,11 @@ def random_pick(X_train, y_train, X_pool, n, maximize=True, seed=0):
 
 
 def chooser(name: str, budget: int, params: dict | None = None):
-    if name == "default":
+    if name in ("default", "default-top"):
         from matforge.engine.acquisition.strategy import Strategy
 
-        return Strategy(surrogate_params=params or {}, budget=budget).chooser()
+        find = "top_share" if name == "default-top" else "best"
+        return Strategy(surrogate_params=params or {}, budget=budget, find=find).chooser()
     return {"random": random_pick, "rf-lcb": rf_lcb, "gp-ucb": gp_ucb}[name]
 
 

@@ -503,6 +503,11 @@ class CampaignConfig(_Section):
     featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
     acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
+    find: Literal["best", "top_share"] = Field(
+        "best", description="the campaign's goal: the single best material ('best': where "
+                            "candidates outnumber the budget, ptop aims for the best "
+                            "top_share x budget rows), or many good ones ('top_share': ptop "
+                            "aims for the top share of all candidates)")
     batch_size: int = Field(8, ge=1, le=10_000)
     budget: int = Field(40, ge=1, le=10_000_000, description="maximum number of evaluations")
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)
@@ -531,6 +536,7 @@ class CampaignConfig(_Section):
             "budget": self.budget,
             "batch_size": self.batch_size,
             "acquisition": self.acquisition.kind,
+            "find": self.find,
             "store": redact_url(self.store),
         }
 

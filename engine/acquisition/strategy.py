@@ -27,6 +27,8 @@ needs two; the pool protocol of Liang et al. 2021 starts the model from two rows
 DEFAULT_SURROGATE = "gp"
 DEFAULT_ACQUISITION = "ptop"
 DEFAULT_BETA = 1.0
+FINDS = ("best", "top_share")
+"""A campaign's goal: the single best material, or many in the top share (``Strategy.find``)."""
 GP_DEFAULTS = {"likelihood": "student_t", "df": 2.0}
 """Arguments of the default GP (:class:`~matforge.engine.models.gp.GPSurrogate`) a strategy fits,
 under its ``surrogate_params``: Student-t noise with 2 degrees of freedom whose outliers
@@ -113,6 +115,10 @@ class Strategy:
         the top ``top_share`` of as many rows as the budget can measure, the
         best ``top_share * budget`` rows (see ``select_batch``).
     acquisition_params : further keyword arguments of the acquisition (plug-ins)
+    find : the campaign's goal, "best" (the default: where the rows outnumber the budget,
+        ``ptop`` aims for the best ``top_share * budget`` rows) or "top_share" (``ptop``
+        aims for the top ``top_share`` of all rows, whatever the budget: many good
+        materials rather than the single best)
     """
 
     surrogate: str = DEFAULT_SURROGATE
@@ -122,8 +128,11 @@ class Strategy:
     surrogate_params: dict[str, Any] = field(default_factory=dict)
     budget: int | None = None
     acquisition_params: dict[str, Any] = field(default_factory=dict)
+    find: str = "best"
 
     def __post_init__(self):
+        if self.find not in FINDS:
+            raise ValueError(f"find must be one of {', '.join(FINDS)}, got {self.find!r}")
         self.acquisition_ = make_acquisition(
             self.acquisition, self.beta, self.top_share, **self.acquisition_params
         )
@@ -187,7 +196,8 @@ class Strategy:
             model = self.fit(X_train, y_train, seed, X_pool, maximize)
             idx, acq = self.acquisition_.select(
                 model, X_pool, y_train, n, maximize=maximize, seed=seed, X_train=X_train,
-                pending=pending, constraint=constraint, budget=self.budget,
+                pending=pending, constraint=constraint,
+                budget=self.budget if self.find == "best" else None,
             )
             mean, std = model.predict(X_pool[idx], return_std=True)
             return Selection(np.asarray(idx), mean, std, np.asarray(acq),

@@ -204,6 +204,7 @@ def strategy(config: CampaignConfig) -> Strategy:
         surrogate_params=dict(config.surrogate.parameters),
         budget=config.budget,
         acquisition_params=dict(config.acquisition.parameters),
+        find=config.find,
     )
 
 

@@ -71,6 +71,11 @@ def test_surrogate_and_acquisition_choices():
                            "acquisition": {"kind": "ptop", "top_share": 0.1}})
     assert campaign_strategy(config).top_share == 0.1
     assert campaign_strategy(config).budget == config.budget  # ptop aims by what it can spend
+    assert (config.find, campaign_strategy(config).find) == ("best", "best")
+    config = parse_config({"name": "c", "elements": ["Cu"], "find": "top_share"})
+    assert campaign_strategy(config).find == "top_share"
+    with pytest.raises(ConfigError, match="field 'find'"):
+        parse_config({"name": "c", "elements": ["Cu"], "find": "everything"})
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ def test_a_campaign_names_its_runs_and_publishes_its_artifacts(prefect_server, t
         assert run.parameters == {
             "campaign": "UI_test", "objective": "minimize formation_energy_per_atom",
             "evaluator": "emt", "budget": 8, "batch_size": 4, "acquisition": "ptop",
-            "store": "sqlite:///" + str(tmp_path / "store.db"), "new_config": False}
+            "find": "best", "store": "sqlite:///" + str(tmp_path / "store.db"), "new_config": False}
         names = [t.name for t in client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))]
         assert {"propose · round 0", "select · round 1", "flag · round 1"} <= set(names)

@@ -316,6 +316,13 @@ def test_a_budget_much_smaller_than_the_pool_makes_ptop_aim_higher():
     bold = scarce.select(X_train, y_train, pool, 1, seed=0)
     assert pool[safe.indices[0], 0] <= 0.5 < 0.7 < pool[bold.indices[0], 0]
     assert safe.acquisition[0] > 0.5 > bold.acquisition[0]
+    # a campaign that wants many good materials aims for the best half of all rows anyway
+    many = Strategy(top_share=0.5, budget=1, find="top_share").select(
+        X_train, y_train, pool, 1, seed=0)
+    assert many.indices[0] == safe.indices[0]
+    assert many.acquisition[0] == pytest.approx(safe.acquisition[0])
+    with pytest.raises(ValueError, match="find must be one of best, top_share"):
+        Strategy(find="all")
     # a budget no smaller than the rows changes nothing
     model = ample.fit(X_train, y_train, seed=0)
     (row,), (value,) = select_batch(model, pool, y_train, 1, kind="ptop", top_share=0.5)
