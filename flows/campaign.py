@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import Flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from matforge.adapters.base import check_resources
 from matforge.adapters.registry import build_evaluators
@@ -42,9 +43,14 @@ TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 def stage_task(name: str, function, *args, round: int | None = None):
-    """Run one round stage as a Prefect task named after it, its run after the round too."""
+    """Run one round stage as a Prefect task named after it, its run after the round too.
+
+    The arguments are quoted: Prefect would otherwise walk every element of every
+    collection passed (looking for futures to resolve), which took 2.3 s for a list of
+    20,000 small dicts and most of a stage's overhead in ``benchmarks/orchestration.py``.
+    """
     run = name if round is None else f"{name} · round {round}"
-    return task(function, name=name, task_run_name=run, **TASK)(*args)
+    return task(function, name=name, task_run_name=run, **TASK)(*map(quote, args))
 
 
 class _QuietStates(logging.Filter):
