@@ -70,6 +70,7 @@ class _Kept:
     fingerprint: str
     structure: Structure
     space_group: int | None  # computed when a structure of the same formula asks
+    reduced: Structure | None = None  # the matcher's primitive, Niggli-reduced cell, once
 
 
 @dataclass
@@ -129,14 +130,23 @@ class StructureIndex:
             kept.extend(_Kept(f, s, g) for f, s, g in self.load_stored(formula, group)
                         if f not in known)
             self._kept[formula] = kept
+        reduced = None
         for k in kept:
             if k.space_group is None:
                 k.space_group = space_group(k.structure)
             if k.space_group == group:
                 self.comparisons += 1
-                if self.matcher.fit(structure, k.structure):
+                # each cell reduced once, not at every comparison (pymatgen's own
+                # skip_structure_reduction, for fitting one set several times)
+                reduced = self._reduced(structure) if reduced is None else reduced
+                k.reduced = self._reduced(k.structure) if k.reduced is None else k.reduced
+                if self.matcher.fit(reduced, k.reduced, skip_structure_reduction=True):
                     return k.fingerprint, group
         return None, group
+
+    def _reduced(self, structure: Structure) -> Structure:
+        """``structure`` reduced as the matcher reduces it before comparing."""
+        return self.matcher._get_reduced_structure(structure, self.matcher._primitive_cell)
 
     def add(self, structure: Structure, fingerprint: str | None = None) -> bool:
         """Keep ``structure`` unless it matches one kept or stored; returns whether it was new."""

@@ -95,3 +95,31 @@ def test_stored_structures_are_loaded_only_for_a_shared_formula_and_space_group(
     assert sorted(asked) == [("Cu3Au", 139), ("MgO", 216), ("MgO", 225)]
     assert len(index) == 3 and index.comparisons == 2
     assert space_group(structures[8]) == 216
+
+
+def test_each_structure_is_reduced_once_however_often_it_is_compared(monkeypatch):
+    from matforge.engine.materials.generate import DecorationGenerator
+
+    rng = np.random.default_rng(2)
+    bases = [c.structure for c in DecorationGenerator(["Cu", "Au"], max_atoms=8).propose(
+        12, rng)]
+    structures = []
+    for base in bases:  # strained copies: other fingerprints, the same crystal to the matcher
+        for strain in ([0, 0, 0], [0.01, -0.01, 0.005], [-0.008, 0.004, 0.01]):
+            copy = base.copy()
+            copy.apply_strain(strain)
+            structures.append(copy)
+    index, matcher = StructureIndex(), StructureMatcher(
+        ltol=0.2, stol=0.3, angle_tol=5, primitive_cell=True, scale=True)
+    reduce = index.matcher._get_reduced_structure
+    reductions = []
+    monkeypatch.setattr(index.matcher, "_get_reduced_structure",
+                        lambda s, *a: reductions.append(1) or reduce(s, *a))
+    kept = []
+    for s in structures:
+        new = index.add(s)
+        # the same answer as the matcher against everything kept so far
+        assert new == (not any(matcher.fit(s, k) for k in kept))
+        kept += [s] if new else []
+    assert index.comparisons >= 20  # many comparisons (pymatgen reduced both cells each time) ...
+    assert len(reductions) <= len(structures)  # ... each structure reduced at most once
