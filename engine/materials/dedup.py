@@ -96,6 +96,7 @@ class StructureIndex:
 
     def __post_init__(self):
         self._fingerprints = set(self.stored_fingerprints)
+        self._aliases: dict[str, str] = {}  # fingerprint -> the one kept it matched
         self._stored_formulas = set(self.stored_formulas)
         self._kept: dict[str, list[_Kept]] = {}  # by reduced formula: added and loaded
         self._loaded: set[tuple[str, int]] = set()
@@ -106,8 +107,9 @@ class StructureIndex:
         return self._added
 
     def has_fingerprint(self, fingerprint: str) -> bool:
-        """Whether a structure with this fingerprint was kept or stored (no matcher asked)."""
-        return fingerprint in self._fingerprints
+        """Whether a structure with this fingerprint was kept, stored or found to match one
+        (no matcher asked)."""
+        return fingerprint in self._fingerprints or fingerprint in self._aliases
 
     def find(self, structure: Structure, fingerprint: str | None = None) -> str | None:
         """The fingerprint of the kept or stored structure ``structure`` matches, or None."""
@@ -117,6 +119,8 @@ class StructureIndex:
     def _find(self, structure, fp, group) -> tuple[str | None, int | None]:
         if fp in self._fingerprints:
             return fp, group
+        if fp in self._aliases:
+            return self._aliases[fp], group
         if isinstance(structure, Composition):
             return None, None  # a composition's fingerprint is its reduced formula
         formula = structure.composition.reduced_formula
@@ -149,10 +153,16 @@ class StructureIndex:
         return self.matcher._get_reduced_structure(structure, self.matcher._primitive_cell)
 
     def add(self, structure: Structure, fingerprint: str | None = None) -> bool:
-        """Keep ``structure`` unless it matches one kept or stored; returns whether it was new."""
+        """Keep ``structure`` unless it matches one kept or stored; returns whether it was new.
+
+        A structure that matches one kept under another fingerprint leaves its own
+        fingerprint behind as seen: the next with that fingerprint (the same crystal) is
+        known without the matcher."""
         fp = fingerprint or fingerprint_of(structure)
         found, group = self._find(structure, fp, None)
         if found is not None:
+            if found != fp:
+                self._aliases[fp] = found
             return False
         self._keep(structure, fp, group)
         return True

@@ -218,17 +218,21 @@ class MutationGenerator(Generator):
         return [m for m in mutants if m is not None]
 
     def mutate(self, parent: Candidate, rng: np.random.Generator) -> Candidate | None:
-        """One mutant of ``parent``, or None when no mutation applies."""
-        structure = parent.structure.copy()
+        """One mutant of ``parent``, or None when no mutation applies.
+
+        The mutation is drawn first; a mutant this process made before from the same
+        parent cell by the same mutation is taken from :data:`_MUTANTS` (a copy, with its
+        fingerprint) instead of built and fingerprinted again: small cells have few
+        mutants, and most draws repeat one (``benchmarks/orchestration.py``).
+        """
+        structure = parent.structure
         species = [site.specie.symbol for site in structure]
         unlike = len(set(species)) > 1
         if unlike and rng.random() < 0.5:
             i = int(rng.integers(len(species)))
             others = [j for j, s in enumerate(species) if s != species[i]]
             j = int(rng.choice(others))
-            structure.replace(i, species[j])
-            structure.replace(j, species[i])
-            kind = "swap"
+            kind, change = "swap", (i, j)
         else:
             i = int(rng.integers(len(species)))
             present = set(species)
@@ -237,10 +241,32 @@ class MutationGenerator(Generator):
                 options = [e for e in options if e in present]
             if not options:
                 return None
-            structure.replace(i, str(rng.choice(options)))
-            structure = _scaled(structure)
-            kind = "substitute"
-        return Candidate(structure, f"{self.name}:{kind}", parent=parent.fingerprint)
+            kind, change = "substitute", (i, str(rng.choice(options)))
+        key = (_cell_key(structure, species), kind, change)
+        if key not in _MUTANTS:
+            mutant = structure.copy()
+            if kind == "swap":
+                mutant.replace(i, species[j])
+                mutant.replace(j, species[i])
+            else:
+                mutant.replace(i, change[1])
+                mutant = _scaled(mutant)
+            if len(_MUTANTS) >= _MUTANTS_MAX:
+                _MUTANTS.clear()
+            _MUTANTS[key] = (mutant, fingerprint(mutant))
+        mutant, print_ = _MUTANTS[key]
+        return Candidate(mutant.copy(), f"{self.name}:{kind}", parent=parent.fingerprint,
+                         fingerprint=print_)
+
+
+_MUTANTS: dict[tuple, tuple[Structure, str]] = {}
+"""Mutants made in this process, with their fingerprints, by (parent cell, mutation)."""
+_MUTANTS_MAX = 100_000
+
+
+def _cell_key(structure: Structure, species: list[str]) -> tuple:
+    """The exact content of a cell: lattice, fractional coordinates and species."""
+    return (structure.lattice.matrix.tobytes(), structure.frac_coords.tobytes(), tuple(species))
 
 
 MISSES_PER_TRY = 10

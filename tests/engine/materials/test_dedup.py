@@ -123,3 +123,14 @@ def test_each_structure_is_reduced_once_however_often_it_is_compared(monkeypatch
         kept += [s] if new else []
     assert index.comparisons >= 20  # many comparisons (pymatgen reduced both cells each time) ...
     assert len(reductions) <= len(structures)  # ... each structure reduced at most once
+
+
+def test_a_fingerprint_found_to_match_a_kept_structure_needs_no_matcher_again():
+    rocksalt, _, _, _, _, strained, *_ = _cases()
+    index = StructureIndex()
+    assert index.add(rocksalt) and not index.add(strained)  # the matcher says: the same
+    comparisons = index.comparisons
+    assert not index.has_fingerprint(fingerprint(rocksalt) + "x")
+    assert index.has_fingerprint(fingerprint(strained))
+    assert not index.add(strained.copy()) and index.comparisons == comparisons
+    assert index.find(strained) == fingerprint(rocksalt)  # still the kept one's

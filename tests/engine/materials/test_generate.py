@@ -92,3 +92,21 @@ def test_an_exhausted_generator_stops_after_a_run_of_draws_that_give_nothing_new
     assert 0 < len(found) < 10
     # each new mutant restarts the count of 200 misses; the cap, max_tries * quota, is 2,000
     assert Counting.draws <= (len(found) + 1) * 200 < 2_000
+
+
+def test_a_mutation_drawn_again_is_not_built_and_fingerprinted_again(monkeypatch):
+    import matforge.engine.materials.generate as generate
+
+    parent = DecorationGenerator(["Cu", "Au"], max_atoms=4).sample(np.random.default_rng(1))
+    mutator = MutationGenerator(["Cu", "Au", "Pt"])
+    first = [mutator.mutate(parent, np.random.default_rng(7)) for _ in range(3)]
+    calls = []
+    monkeypatch.setattr(generate, "fingerprint",
+                        lambda s: calls.append(1) or fingerprint(s))
+    again = [mutator.mutate(parent, np.random.default_rng(7)) for _ in range(3)]
+    assert calls == []  # taken from what was made before
+    for a, b in zip(first, again):
+        # the same mutant, with the fingerprint its structure has, as a copy of its own
+        assert (a.fingerprint, a.generator, a.parent) == (b.fingerprint, b.generator, b.parent)
+        assert a.structure == b.structure and a.structure is not b.structure
+        assert b.fingerprint == fingerprint(b.structure)
