@@ -15,7 +15,9 @@ rows, the same for every strategy in a repeat):
                   once (a row is measured once); the top 5 % and the best row are by the
                   noise-free value
 
-For each pool and strategy (default, random, rf-lcb, gp-ucb as in ``liang2021.py``): batch 1,
+For each pool and strategy (default, random, rf-lcb, gp-ucb as in ``liang2021.py``, and
+default-top, the default with ``find: top_share``: ``ptop`` aiming for the top 5 % of the
+whole pool rather than of as many rows as the budget can measure): batch 1,
 budget 250, and the experiments needed to find 50 % and 80 % of the top 5 % (n50, n80) and
 to find the best row (nbest). A repeat that does not get there within the budget counts as
 251 (censored); the share of the top 5 % found at 250 is printed too, and the seconds per pick.
