@@ -129,6 +129,11 @@ def one_run(args) -> dict:
             "seconds_per_pick": seconds / max(1, len(picks) - 2), "picks": picks}
 
 
+def save(path: Path, runs: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({f"{p}/{s}": v for (p, s), v in runs.items()}))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pools", nargs="*", default=POOLS, choices=POOLS)
@@ -147,6 +152,8 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(args.jobs) as executor:
         for run in executor.map(one_run, jobs):
             runs.setdefault((run["pool"], run["strategy"]), []).append(run)
+            if args.out:  # kept as they come: an interrupted run keeps what it measured
+                save(args.out, runs)
     print(f"{args.repeats} repeats, batch 1, 2 random starting rows, budget {args.budget}, "
           f"top 5 %, {time.time() - t0:.0f} s on {args.jobs} process(es)\n")
     print(f"{'pool':14s} {'strategy':8s} {'rows':>6s} {'n50':>6s} {'n80':>6s} {'nbest':>6s} "
@@ -188,9 +195,6 @@ def main(argv=None) -> int:
                 ok &= gmean >= need and bool((ratio >= 1).all())
                 if (ratio < 1).any():
                     print(f"  default is worse than {rival} on a figure: FAIL")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({f"{p}/{s}": v for (p, s), v in runs.items()}))
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1
 
