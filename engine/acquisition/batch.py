@@ -13,6 +13,7 @@ the model only at a shortlist (:func:`select_batch`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -270,6 +271,16 @@ def decreasing_root(excess: Callable[[float], tuple[float, float]], lo: float, h
     return tau
 
 
+def tail_count(mean: np.ndarray, std: np.ndarray, weights: np.ndarray, tau: float):
+    """sum_i weights_i P_i(above tau) for rows whose prediction is an equal mixture of the
+    normals (mean, std) : (S, n), and its slope in tau."""
+    from scipy.special import ndtr
+
+    z = (mean - tau) / std
+    density = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
+    return (weights * ndtr(z).mean(0)).sum(), -(weights * (density / std).mean(0)).sum()
+
+
 def _start(mean: np.ndarray, observed: np.ndarray, count: float) -> float:
     """A first guess at the threshold of ``count`` rows: where ``count`` of the candidates'
     mean predictions (mean : (S, n), averaged over S) and the results lie above it."""
@@ -294,8 +305,6 @@ def top_threshold(
     (:func:`decreasing_root`). ``mean`` and ``std`` have shape (n,), or (S, n) for
     candidates whose prediction is an equal mixture of S normals.
     """
-    from scipy.special import ndtr
-
     mean = np.atleast_2d(mean).astype(float)
     std = np.maximum(np.atleast_2d(std).astype(float), 1e-12)
     observed = np.asarray(observed, float)
@@ -305,9 +314,8 @@ def top_threshold(
     )
 
     def excess(tau):
-        z = (mean - tau) / std
-        slope = -(w * (np.exp(-0.5 * z**2) / std).mean(0)).sum() / np.sqrt(2 * np.pi)
-        return (w * ndtr(z).mean(0)).sum() + w_obs[observed > tau].sum() - count, slope
+        above, slope = tail_count(mean, std, w, tau)
+        return above + w_obs[observed > tau].sum() - count, slope
 
     values = np.concatenate([(mean - 12 * std).ravel(), (mean + 12 * std).ravel(), observed])
     lo, hi = values.min() - 1.0, values.max() + 1.0
@@ -549,7 +557,7 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
 
     Returns positions in ``choices`` and each pick's log P(top) (times P(feasible)).
     """
-    from scipy.special import log_ndtr, logsumexp, ndtr
+    from scipy.special import log_ndtr, logsumexp
 
     conditioned = model if pending_t is None else _condition_on_mean(model, pending_t)
     normals = _PoolNormals(conditioned, choices, sign)
@@ -566,13 +574,8 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
 
     def weighted(mean, std, weights):
         """tau -> (sum of weights * P(above tau), its slope) over normals (S, m)."""
-        weights = np.ones(mean.shape[1]) if weights is None else weights
-
-        def excess(tau):
-            z = (mean - tau) / std
-            slope = -(weights * (np.exp(-0.5 * z**2) / std).mean(0)).sum() / np.sqrt(2 * np.pi)
-            return (weights * ndtr(z).mean(0)).sum(), slope
-        return excess
+        return partial(tail_count, mean, std,
+                       np.ones(mean.shape[1]) if weights is None else weights)
 
     def observed_above(tau):
         return w_obs[observed > tau].sum()
