@@ -37,6 +37,11 @@ SHARED_GENERATOR_SETTINGS = ("lattices", "max_atoms", "max_species", "charge_bal
 takes them, beside the campaign's ``elements``."""
 
 
+Find = Literal["best", "top_share"]
+"""A campaign's goal: the single best material, or many in the top share
+(``engine.acquisition.strategy.Strategy.find``)."""
+
+
 class ConfigError(ValueError):
     """A campaign file that cannot be run; the message names the field and the reason."""
 
@@ -503,7 +508,7 @@ class CampaignConfig(_Section):
     featurizer: FeaturizerSettings = Field(default_factory=FeaturizerSettings)
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
     acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
-    find: Literal["best", "top_share"] = Field(
+    find: Find = Field(
         "best", description="the campaign's goal: the single best material ('best': where "
                             "candidates outnumber the budget, ptop aims for the best "
                             "top_share x budget rows), or many good ones ('top_share': ptop "

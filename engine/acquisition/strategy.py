@@ -8,6 +8,7 @@ benchmark on historical data measures exactly the code that will spend DFT time.
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from matforge.engine import plugins
 from matforge.engine.acquisition.base import Acquisition
 from matforge.engine.acquisition.batch import TOP_SHARE, diverse_random_batch
+from matforge.engine.config import Find
 from matforge.engine.models.base import Surrogate
 from matforge.engine.models.selection import make_surrogate
 from matforge.engine.validation import positive_int
@@ -27,7 +29,7 @@ needs two; the pool protocol of Liang et al. 2021 starts the model from two rows
 DEFAULT_SURROGATE = "gp"
 DEFAULT_ACQUISITION = "ptop"
 DEFAULT_BETA = 1.0
-FINDS = ("best", "top_share")
+FINDS = typing.get_args(Find)
 """A campaign's goal: the single best material, or many in the top share (``Strategy.find``)."""
 GP_DEFAULTS = {"likelihood": "student_t", "df": 2.0}
 """Arguments of the default GP (:class:`~matforge.engine.models.gp.GPSurrogate`) a strategy fits,
