@@ -4,10 +4,12 @@ from its store, a run at most ``per_run`` evaluations, and stops at its stop cri
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import yaml
 from prefect.client.orchestration import get_client
@@ -30,23 +32,25 @@ CAMPAIGN = {
 }
 
 
-def _runs(deployment: str):
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(
-            name=DeploymentFilterName(any_=[deployment])))
+def _trigger_and_wait(env: dict, log: Path, timeout: float = 240) -> object:
+    """Run the deployment now and wait for that flow run (by the id the CLI prints) to end.
 
-
-def _trigger_and_wait(env: dict, timeout: float = 240) -> object:
-    before = {r.id for r in _runs("nightly-test")}
-    subprocess.run([PREFECT, "deployment", "run", "campaign-from-file/nightly-test"], env=env,
-                   check=True, capture_output=True, timeout=120)
+    The server's scheduler also makes runs of the deployment for its cron times; they are
+    not the one triggered here, so the run is followed by its id, not found among new runs.
+    """
+    out = subprocess.run([PREFECT, "deployment", "run", "campaign-from-file/nightly-test"],
+                         env=env, check=True, capture_output=True, text=True, timeout=120).stdout
+    (run_id,) = set(re.findall(r"UUID: ([0-9a-f-]{36})", out))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        new = [r for r in _runs("nightly-test") if r.id not in before]
-        if new and new[0].state is not None and new[0].state.is_final():
-            return new[0]
-        time.sleep(1)
-    raise AssertionError("the triggered run did not finish")
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(UUID(run_id))
+            if run.state is not None and run.state.is_final():
+                return run
+            time.sleep(1)
+    state = run.state.name if run.state is not None else None
+    raise AssertionError(f"the triggered run {run_id} did not finish in {timeout:.0f} s "
+                         f"(state {state}); worker log:\n{log.read_text()[-3000:]}")
 
 
 def test_a_cron_deployment_run_by_a_worker_continues_and_stops(prefect_server, tmp_path,
@@ -72,12 +76,12 @@ def test_a_cron_deployment_run_by_a_worker_continues_and_stops(prefect_server, t
     try:
         store = CampaignStore(f"sqlite:///{tmp_path / 'nightly.db'}")
         for expected in (2, 4):  # each run continues the campaign by per_run evaluations
-            run = _trigger_and_wait(env)
+            run = _trigger_and_wait(env, tmp_path / "worker.log")
             assert run.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
             assert store.count(store.campaign_id("nightly")) == expected
         # the campaign has found enough: the next run says so and evaluates nothing
         path.write_text(yaml.safe_dump({**CAMPAIGN, "stop": {"target": 10.0}}))
-        run = _trigger_and_wait(env)
+        run = _trigger_and_wait(env, tmp_path / "worker.log")
         assert run.state.is_completed()
         assert store.count(store.campaign_id("nightly")) == 4
         said = []
