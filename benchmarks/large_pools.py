@@ -131,7 +131,8 @@ def one_run(args) -> dict:
 
 
 def found_per_window(picks: list[int], top: set[int], budget: int) -> list[int]:
-    """Rows of ``top`` among each ``WINDOW`` consecutive picks, up to ``budget`` picks."""
+    """Rows of ``top`` among each ``WINDOW`` consecutive picks, up to ``budget`` picks (the
+    picks after the starting rows)."""
     return [sum(p in top for p in picks[i:i + WINDOW]) for i in range(0, budget, WINDOW)]
 
 
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
         top = set(build_pool(name).top.tolist())
         for strategy in args.strategies:
             done = runs[(name, strategy)]
-            hits = [found_per_window(r["picks"][2:], top, args.budget) for r in done]
+            hits = [found_per_window(r["picks"][2:], top, args.budget - 2) for r in done]
             print(f"{name:14s} {strategy:11s} " + " ".join(
                 f"{h:5.1f}" for h in np.mean(hits, axis=0)))
 
