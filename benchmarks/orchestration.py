@@ -93,7 +93,7 @@ def split(task_runs, wall: tuple[float, float]) -> dict[str, float]:
             "outside": total - evaluation - model, "stages": stages}
 
 
-def run(budget: int, batch: int, seconds: float, root: Path) -> dict:
+def run(budget: int, batch: int, seconds: float, root: Path, ahead: bool = True) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -102,7 +102,7 @@ def run(budget: int, batch: int, seconds: float, root: Path) -> dict:
 
     config = parse_config({
         "name": "orchestration", "elements": ELEMENTS, "budget": budget, "batch_size": batch,
-        "generator": {"pool_size": 200, "max_atoms": 8},
+        "generator": {"pool_size": 200, "max_atoms": 8, "ahead": ahead},
         "objective": {"property": "energy_per_atom", "direction": "minimize"},
         "evaluator": {"adapter": "sleep", "parameters": {"seconds": seconds, "energy": "emt"}},
         "executor": {"kind": "local", "workers": batch},
@@ -132,6 +132,11 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--no-ahead", action="store_true",
+                        help="propose each round after the last one's evaluations "
+                             "(generator.ahead: false, the default of a campaign file)")
+    parser.add_argument("--compare", action="store_true",
+                        help="run the campaign without generator.ahead first, then with it")
     parser.add_argument("--profile", type=Path,
                         help="write cProfile statistics of the campaign's process here")
     args = parser.parse_args(argv)
@@ -140,6 +145,8 @@ def main(argv=None) -> int:
 
     from matforge.flows.server import start_server
 
+    settings = [False, True] if args.compare else [not args.no_ahead]
+    results = {}
     with tempfile.TemporaryDirectory(prefix="matforge-orchestration-") as tmp:
         root = Path(tmp)
         _install_sleep_adapter(root / "site")
@@ -149,31 +156,43 @@ def main(argv=None) -> int:
                                    env={"PREFECT_HOME": str(home)})
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
-                if args.profile:
-                    import cProfile
+                for ahead in settings:
+                    where = root / ("ahead" if ahead else "after")
+                    where.mkdir()
+                    if args.profile:
+                        import cProfile
 
-                    with cProfile.Profile() as profile:
-                        figures = run(args.budget, args.batch, args.seconds, root)
-                    profile.dump_stats(args.profile)
-                else:
-                    figures = run(args.budget, args.batch, args.seconds, root)
+                        with cProfile.Profile() as profile:
+                            results[ahead] = run(args.budget, args.batch, args.seconds, where,
+                                                 ahead)
+                        profile.dump_stats(args.profile)
+                    else:
+                        results[ahead] = run(args.budget, args.batch, args.seconds, where, ahead)
                 from prefect.logging.handlers import APILogWorker
 
                 APILogWorker.drain_all(timeout=10)  # while the server still listens
         finally:
             server.terminate()
             server.wait(timeout=30)
-    wall = figures["wall"]
-    print(f"\n{figures['evaluations']} evaluations of a {args.seconds:g} s sleep, batches of "
-          f"{args.batch}, {args.batch} at a time; wall {wall:.1f} s")
-    for part in ("evaluation", "model", "outside"):
-        print(f"  {part:<11}{figures[part]:8.1f} s  {100 * figures[part] / wall:5.1f} %")
-    print("task-run seconds by stage (evaluations summed over their parallel runs):")
-    for stage, spent in sorted(figures["stages"].items(), key=lambda kv: -kv[1]):
-        print(f"  {stage:<14}{spent:8.1f} s")
-    ok = figures["outside"] < 0.05 * wall
-    print(f"outside evaluation, training and selection: {100 * figures['outside'] / wall:.1f} % "
-          f"of the wall time ({'PASS' if ok else 'FAIL'}: target < 5 %)")
+    ok = True
+    for ahead, figures in results.items():
+        wall = figures["wall"]
+        print(f"\ngenerator.ahead: {str(ahead).lower()}: {figures['evaluations']} evaluations of "
+              f"a {args.seconds:g} s sleep, batches of {args.batch}, {args.batch} at a time; "
+              f"wall {wall:.1f} s")
+        for part in ("evaluation", "model", "outside"):
+            print(f"  {part:<11}{figures[part]:8.1f} s  {100 * figures[part] / wall:5.1f} %")
+        print("task-run seconds by stage (evaluations summed over their parallel runs):")
+        for stage, spent in sorted(figures["stages"].items(), key=lambda kv: -kv[1]):
+            print(f"  {stage:<14}{spent:8.1f} s")
+        passed = figures["outside"] < 0.05 * wall
+        ok = ok and (passed or not ahead)
+        print(f"outside evaluation, training and selection: "
+              f"{100 * figures['outside'] / wall:.1f} % of the wall time "
+              f"({'PASS' if passed else 'FAIL'}: target < 5 %)")
+    if len(results) == 2:
+        print(f"\nwall time without / with generator.ahead: "
+              f"{results[False]['wall'] / results[True]['wall']:.2f}x")
     return 0 if ok else 1
 
 

@@ -165,6 +165,12 @@ class GeneratorSettings(_Section):
         True, description="decorations (random compositions in a campaign of compositions) "
                           "fill what the other generators left of pool_size; false: the pool is "
                           "only what they made, e.g. a list of what a lab can make")
+    ahead: bool = Field(
+        False, description="propose the next round's pool while this round's evaluations run; "
+                            "its mutation parents are then the results of the rounds before "
+                            "this one (one round behind). For evaluations of seconds (EMT, ML "
+                            "potentials), where proposing is otherwise a large share of the "
+                            "wall time")
     min_distance: float = Field(
         0.6, gt=0, le=2,
         description="least distance between two atoms, as a fraction of their atomic radii")

@@ -9,6 +9,7 @@ campaign file names (``matforge plugins`` lists what is installed).
 from __future__ import annotations
 
 import inspect
+import threading
 from collections import Counter
 from collections.abc import Sequence
 
@@ -76,12 +77,14 @@ def basic_generators(config: CampaignConfig) -> tuple[str, str]:
 
 class Pool(list):
     """A round's candidates, with what each generator contributed (``generated``, by the
-    generator's name) and what the validity filters refused (``refused``, by reason)."""
+    generator's name), what the validity filters refused (``refused``, by reason) and,
+    where made with the pool, the candidates' raw features (``features``)."""
 
-    def __init__(self, candidates=(), generated=None, refused=None):
+    def __init__(self, candidates=(), generated=None, refused=None, features=None):
         super().__init__(candidates)
         self.generated = dict(generated or {})
         self.refused = dict(refused or {})
+        self.features = features
 
 
 def filters(config: CampaignConfig) -> Filters:
@@ -192,6 +195,52 @@ def featurize(config: CampaignConfig, structures: Sequence) -> np.ndarray:
     kind = config.featurizer.kind
     cls = plugins.load("featurizers", kind, Featurizer)
     return cls(config.elements, **config.featurizer.parameters).transform(list(structures))
+
+
+class ResultFeatures:
+    """A campaign run's raw feature rows of its results, by evaluation id: a result's row
+    is its candidate's (:meth:`add` at the claim), read from the store's structure only
+    for results claimed before the run began. A result's input never changes, and the
+    featurizers describe one material per row, so a row is the row of a fresh
+    featurization. Shared with the proposal thread."""
+
+    def __init__(self, config: CampaignConfig):
+        self.config = config
+        self._rows: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def add(self, evaluation_id: int, row: np.ndarray) -> None:
+        with self._lock:
+            self._rows[evaluation_id] = row
+
+    def rows(self, results: Sequence[Evaluation]) -> np.ndarray:
+        """Rows of ``results``, array (len(results), n_features)."""
+        with self._lock:
+            missing = [e for e in results if e.id not in self._rows]
+        if missing:
+            made = featurize(self.config, [e.input_structure() for e in missing])
+            for e, row in zip(missing, made):
+                self.add(e.id, row)
+            if not results:
+                return made
+        if not results:
+            return featurize(self.config, [])
+        with self._lock:
+            return np.vstack([self._rows[e.id] for e in results])
+
+
+def featurize_round(config: CampaignConfig, training: Sequence[Evaluation], pool: Sequence,
+                    features: ResultFeatures | None = None,
+                    X_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw features of the training results and of the pool's structures (``X_pool`` where
+    they were made already), from ``features`` where it has them."""
+    if X_pool is None:
+        X_pool = featurize(config, pool)
+    if not len(training):
+        return X_pool[:0], X_pool
+    if features is None:
+        return featurize(config, [e.input_structure() for e in training]), X_pool
+    return features.rows(training), X_pool
 
 
 def strategy(config: CampaignConfig) -> Strategy:
@@ -386,10 +435,14 @@ def select(
     return selection
 
 
-def anomaly_inputs(config: CampaignConfig, results: Sequence[Evaluation]):
-    """What DBSCAN clusters: the results' standardized features and the surrogate's
-    standardized residual at claim time (0 where there was no prediction)."""
-    (X,) = standardize(featurize(config, [e.input_structure() for e in results]))
+def anomaly_inputs(config: CampaignConfig, results: Sequence[Evaluation],
+                   features: ResultFeatures | None = None):
+    """What DBSCAN clusters: the results' standardized features (from ``features`` where it
+    has them) and the surrogate's standardized residual at claim time (0 where there was
+    no prediction)."""
+    X = features.rows(results) if features is not None else featurize(
+        config, [e.input_structure() for e in results])
+    (X,) = standardize(X)
     residuals = residual_scores(
         np.array([e.objective for e in results], dtype=float),
         np.array([np.nan if e.predicted_mean is None else e.predicted_mean for e in results]),
@@ -404,7 +457,8 @@ def anomaly_settings(config: CampaignConfig) -> dict:
                 n_components=s.n_components, residual_weight=s.residual_weight)
 
 
-def flag(config: CampaignConfig, results: Sequence[Evaluation], round: int) -> list[int]:
+def flag(config: CampaignConfig, results: Sequence[Evaluation], round: int,
+         features: ResultFeatures | None = None) -> list[int]:
     """Ids of this round's accepted results that DBSCAN marks as anomalous.
 
     ``results`` are the campaign's accepted and needs-review results; they are
@@ -413,6 +467,7 @@ def flag(config: CampaignConfig, results: Sequence[Evaluation], round: int) -> l
     """
     if not config.anomaly.enabled or len(results) < config.anomaly.min_results:
         return []
-    flagged = flag_anomalies(*anomaly_inputs(config, results), **anomaly_settings(config))
+    flagged = flag_anomalies(*anomaly_inputs(config, results, features),
+                             **anomaly_settings(config))
     return [e.id for e, f in zip(results, flagged)
             if f and e.round == round and e.status == "accepted"]

@@ -15,11 +15,13 @@ as a task of its own; by default stages are plain calls.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -224,6 +226,66 @@ def history(store: CampaignStore, campaign_id: int, round: int) -> StructureInde
                                                      before_round=round))
 
 
+class ProposalAhead:
+    """The next round's pool, proposed in a thread while this round's evaluations run
+    (``generator.ahead``). The thread runs in a copy of the caller's context, so a flow's
+    stage task shows there as the next round's ``propose``."""
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="matforge-propose")
+        self._next: tuple[int, tuple[int, ...], Future] | None = None
+
+    def start(self, round: int, parents: tuple[int, ...], propose: Callable[[], Any]) -> None:
+        """Start ``propose()``, the pool of ``round`` from the results ``parents`` (ids)."""
+        self.discard()
+        future = self._executor.submit(contextvars.copy_context().run, propose)
+        self._next = (round, parents, future)
+
+    def take(self, round: int, parents: tuple[int, ...]):
+        """The pool started for ``round`` from the same parents, or None (not started,
+        or the parents changed since: a review decided, a restarted run)."""
+        if self._next is None or self._next[:2] != (round, parents):
+            self.discard()
+            return None
+        future, self._next = self._next[2], None
+        return future.result()
+
+    def discard(self) -> None:
+        """Forget a proposal that will not be used, once it has stopped."""
+        if self._next is not None:
+            future, self._next = self._next[2], None
+            future.exception()  # waits; an unused pool's error is nobody's
+
+    def close(self) -> None:
+        self.discard()
+        self._executor.shutdown(wait=True)
+
+
+def _ids(evaluations: Sequence[Evaluation]) -> tuple[int, ...]:
+    return tuple(e.id for e in evaluations)
+
+
+def proposal_parents(config: CampaignConfig, round: int,
+                     training: list[Evaluation]) -> list[Evaluation]:
+    """The results round ``round`` mutates and learns from, best first: its training set
+    (``training``), or with ``generator.ahead`` those of the rounds before the previous
+    one (its pool was proposed while the previous round's evaluations ran)."""
+    if not config.generator.ahead:
+        return training
+    return [e for e in training if e.round < round - 1]
+
+
+def _proposal(config: CampaignConfig, store: CampaignStore, campaign_id: int, round: int,
+              parents: list[Evaluation], run_stage: StageRunner,
+              featurized: bool = False) -> stages.Pool:
+    """Round ``round``'s pool; ``featurized``: with its candidates' features."""
+    pool = run_stage("propose", stages.propose, config, round, parents,
+                     history(store, campaign_id, round), round=round)
+    if featurized and pool:
+        pool.features = stages.featurize(config, [c.structure for c in pool])
+    return pool
+
+
 def run_round(
     config: CampaignConfig,
     store: CampaignStore,
@@ -234,6 +296,8 @@ def run_round(
     run_stage: StageRunner = call_stage,
     owner: str | None = None,
     screener: Evaluator | None = None,
+    features: stages.ResultFeatures | None = None,
+    ahead: ProposalAhead | None = None,
 ) -> RoundResult:
     """Run (or finish) round ``round`` of a campaign and return what it did.
 
@@ -246,15 +310,19 @@ def run_round(
     ``owner`` is the run holding the campaign's lease (:class:`Lease`); its claims
     carry it, and claims another live run owns are never dispatched. ``screener``
     (the campaign's ``screen`` adapter) screens the pool before selection
-    (:mod:`~matforge.engine.loop.screen`).
+    (:mod:`~matforge.engine.loop.screen`). ``features`` keeps the run's feature rows;
+    ``ahead`` (with ``generator.ahead``) holds the pool proposed for this round while the
+    last one's evaluations ran, and starts the next round's.
     """
     started = time.perf_counter()
     stage = partial(run_stage, round=round)
     maximize = config.objective.is_maximized()
-    training = training_set(store, campaign_id, round, maximize)
-    in_round = store.evaluations(campaign_id, round=round)
-    claimed_total = store.count(campaign_id, statuses=STATUSES)
-    claimed_before = store.count(campaign_id, statuses=STATUSES, before_round=round)
+    everything = store.evaluations(campaign_id)  # one read for what the round starts from
+    training = stages.rank_by_objective(  # as training_set reads it
+        [e for e in everything if e.status == "accepted" and e.round < round], maximize)
+    in_round = [e for e in everything if e.round == round]
+    counted = [e for e in everything if e.status in STATUSES]
+    claimed_total, claimed_before = len(counted), sum(e.round < round for e in counted)
     # the pick's size depends on earlier rounds only (a resumed round picks the same
     # rows); what may still be claimed is capped by this round's and the campaign's claims
     n_pick = max(0, min(config.batch_size, config.budget - claimed_before))
@@ -262,17 +330,20 @@ def run_round(
 
     pool = []
     if slots:
-        pool = stage("propose", stages.propose, config, round, training,
-                         history(store, campaign_id, round))
+        parents = proposal_parents(config, round, training)
+        pool = ahead.take(round, _ids(parents)) if ahead is not None else None
+        if pool is None:
+            pool = _proposal(config, store, campaign_id, round, parents, run_stage)
     generated, refused = dict(getattr(pool, "generated", {})), dict(getattr(pool, "refused", {}))
     store.start_round(campaign_id, round, len(pool), None)
     claimed: list[int] = []
     # a round resumed with its claims complete keeps the model that picked them
     model_version = in_round[0].model_version if in_round else None
     if pool:
-        X = stage("featurize", stages.featurize, config,
-                  [e.input_structure() for e in training] + [c.structure for c in pool])
-        X_train, X_pool = X[:len(training)], X[len(training):]
+        X_train, X_pool = stage("featurize", stages.featurize_round, config, training,
+                                [c.structure for c in pool], features,
+                                getattr(pool, "features", None))
+        X_raw = X_pool  # the featurizer's rows, before a screen value is appended
         if screener is not None and getattr(screener, "trainable", False):
             screener = stage("train_screen", screening.train_screener, screener, training)
         if screener is not None:
@@ -284,6 +355,7 @@ def run_round(
             kept = screening.keep_best(config, s_pool,
                                        drop_failed=not getattr(screener, "trainable", False))
             pool, X_pool, s_pool = [pool[i] for i in kept], X_pool[kept], s_pool[kept]
+            X_raw = X_pool
             if config.screen.as_feature:
                 X_train = screening.with_screen(X_train, s_train)
                 X_pool = screening.with_screen(X_pool, s_pool)
@@ -300,7 +372,7 @@ def run_round(
                 continue  # claimed before an interruption: dispatched below if still running
             if len(claimed) == slots:
                 break
-            evaluation_id, _, _ = store.claim(
+            evaluation_id, _, new = store.claim(
                 campaign_id, round, cand.structure, cand.fingerprint, cand.generator,
                 config.evaluator.adapter, parameters, parent=cand.parent,
                 model_version=model_version,
@@ -312,6 +384,8 @@ def run_round(
                 else None,
             )
             claimed.append(evaluation_id)
+            if features is not None and new:  # a new claim of a candidate new to the campaign
+                features.add(evaluation_id, X_raw[int(i)])
     running = [e for e in store.evaluations(campaign_id, statuses=("running",))
                if e.owner in (None, owner)]
     if slots and not pool and not running:
@@ -320,16 +394,23 @@ def run_round(
         store.finish_round(campaign_id, result)
         return result
 
+    if ahead is not None and claimed_total + len(claimed) < config.budget:
+        # round + 1's parents: the results before this round, its training set
+        ahead.start(round + 1, _ids(training),
+                    partial(_proposal, config, store, campaign_id, round + 1, training,
+                            run_stage, featurized=True))
     dispatch([Work(e.id, e.input_structure(), e.fingerprint,
                    _workdir(config, e.id, e.fingerprint), e.key or "", owner,
                    config.evaluator.timeout) for e in running])
 
     results = store.evaluations(campaign_id, statuses=("accepted", "needs_review"))
-    flagged = stage("flag", stages.flag, config, results, round)
+    flagged = stage("flag", stages.flag, config, results, round, features)
     if flagged:
         store.set_status(flagged, "needs_review", note=f"flagged by DBSCAN in round {round}")
 
-    training = training_set(store, campaign_id, round + 1, maximize)
+    training = stages.rank_by_objective(  # the next round's, as training_set reads it
+        [e for e in results
+         if e.status == "accepted" and e.round <= round and e.id not in flagged], maximize)
     result = RoundResult(
         round=round, n_pool=len(pool), model_version=model_version, claimed=claimed,
         evaluated=len(running), flagged=flagged,
@@ -450,22 +531,25 @@ def run_campaign(
     campaign_id = store.campaign_id(config.name, settings)
     lease = Lease(store, campaign_id, lease_seconds or get_settings().lease, settings)
     lease.acquire(wait, on_wait, config.name)
-    with lease:
+    features = stages.ResultFeatures(config)
+    ahead = ProposalAhead() if config.generator.ahead else None
+    with lease, closing(ahead) if ahead is not None else nullcontext():
         rounds = store.rounds(campaign_id)
         round = rounds[-1].round if rounds and not rounds[-1].finished else len(rounds)
         while True:
             lease.check()
-            unfinished = any(r.round == round and not r.finished
-                             for r in store.rounds(campaign_id))
+            rounds = store.rounds(campaign_id)
+            unfinished = any(r.round == round and not r.finished for r in rounds)
             spent = store.count(campaign_id, statuses=STATUSES) >= config.budget
-            stopped = stop_reason(config, store.rounds(campaign_id))
+            stopped = stop_reason(config, rounds)
             if (spent or stopped) and not unfinished and not store.count(
                     campaign_id, statuses=("running",)):
                 break
             if before_round is not None:
                 before_round(campaign_id, round)
             result = run_round(config, store, campaign_id, round, evaluator, dispatch,
-                               run_stage, lease.id, screener if config.screen else None)
+                               run_stage, lease.id, screener if config.screen else None,
+                               features, ahead)
             if on_round is not None:
                 on_round(result)
             if result.note == EXHAUSTED:

@@ -186,3 +186,29 @@ def test_two_objective_campaign_picks_by_hypervolume_and_stores_the_front(prefec
     front.sort(key=lambda p: p["density"])
     energies = [p["formation_energy_per_atom"] for p in front]
     assert all(a >= b for a, b in zip(energies[1:], energies)) or len(front) == 1
+
+
+def test_a_pool_proposed_ahead_shows_as_the_next_rounds_task_while_evaluations_run(
+    prefect_server, tmp_path
+):
+    path = tmp_path / "ahead.yaml"
+    path.write_text(yaml.safe_dump({
+        **CAMPAIGN, "name": "ahead-flow", "batch_size": 2, "budget": 6,
+        "generator": {**CAMPAIGN["generator"], "ahead": True}, "anomaly": {"enabled": False}}))
+    state = campaign_flow(load_config(path), return_state=True)
+    assert state.is_completed() and state.result()["evaluations"] == 6
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    runs = {t.name: t for t in tasks}
+    assert {f"propose · round {r}" for r in range(3)} <= set(runs)
+    assert all(t.state.is_completed() for t in tasks)
+    for round in (1, 2):
+        # the previous round's evaluations: started between its pick and this round's
+        picked = runs[f"select · round {round - 1}"].end_time
+        evaluations = [t for t in tasks if t.name.startswith("evaluate-")
+                       and picked < t.start_time < runs[f"select · round {round}"].start_time]
+        assert len(evaluations) == 2
+        # this round's pool was proposed while they ran
+        assert runs[f"propose · round {round}"].start_time < max(
+            t.end_time for t in evaluations)
