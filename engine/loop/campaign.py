@@ -217,14 +217,12 @@ class ResultFeatures:
         """Rows of ``results``, array (len(results), n_features)."""
         with self._lock:
             missing = [e for e in results if e.id not in self._rows]
-        if missing:
+        if missing or not results:  # (no results: the featurizer's empty array)
             made = featurize(self.config, [e.input_structure() for e in missing])
-            for e, row in zip(missing, made):
-                self.add(e.id, row)
             if not results:
                 return made
-        if not results:
-            return featurize(self.config, [])
+            for e, row in zip(missing, made):
+                self.add(e.id, row)
         with self._lock:
             return np.vstack([self._rows[e.id] for e in results])
 
