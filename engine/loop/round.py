@@ -203,8 +203,16 @@ class SerialDispatcher:
 def training_set(store: CampaignStore, campaign_id: int, before_round: int,
                  maximize: bool) -> list[Evaluation]:
     """Accepted results of rounds before ``before_round``, best first."""
-    accepted = store.evaluations(campaign_id, statuses=("accepted",))
-    return stages.rank_by_objective([e for e in accepted if e.round < before_round], maximize)
+    return ranked_training(store.evaluations(campaign_id, statuses=("accepted",)),
+                           before_round, maximize)
+
+
+def ranked_training(evaluations: Sequence[Evaluation], before_round: int,
+                    maximize: bool) -> list[Evaluation]:
+    """The accepted ones of ``evaluations`` from rounds before ``before_round``, best first:
+    :func:`training_set` from evaluations already read."""
+    return stages.rank_by_objective(
+        [e for e in evaluations if e.status == "accepted" and e.round < before_round], maximize)
 
 
 def _finite(x) -> float | None:
@@ -318,8 +326,7 @@ def run_round(
     stage = partial(run_stage, round=round)
     maximize = config.objective.is_maximized()
     everything = store.evaluations(campaign_id)  # one read for what the round starts from
-    training = stages.rank_by_objective(  # as training_set reads it
-        [e for e in everything if e.status == "accepted" and e.round < round], maximize)
+    training = ranked_training(everything, round, maximize)
     in_round = [e for e in everything if e.round == round]
     counted = [e for e in everything if e.status in STATUSES]
     claimed_total, claimed_before = len(counted), sum(e.round < round for e in counted)
@@ -408,9 +415,7 @@ def run_round(
     if flagged:
         store.set_status(flagged, "needs_review", note=f"flagged by DBSCAN in round {round}")
 
-    training = stages.rank_by_objective(  # the next round's, as training_set reads it
-        [e for e in results
-         if e.status == "accepted" and e.round <= round and e.id not in flagged], maximize)
+    training = ranked_training([e for e in results if e.id not in flagged], round + 1, maximize)
     result = RoundResult(
         round=round, n_pool=len(pool), model_version=model_version, claimed=claimed,
         evaluated=len(running), flagged=flagged,
