@@ -38,7 +38,7 @@ takes them, beside the campaign's ``elements``."""
 
 
 Find = Literal["best", "top_share"]
-"""A campaign's goal: the single best material, or many in the top share
+"""A campaign's goal: the best few the budget can measure, or the top share of all candidates
 (``engine.acquisition.strategy.Strategy.find``)."""
 
 
@@ -260,7 +260,7 @@ class AcquisitionSettings(_PluginSection):
         0.05, gt=0, lt=1,
         description="share of all candidates ptop aims for, the best 5 % by default; where "
                     "candidates and results outnumber the budget, the share of as many rows "
-                    "as the budget can measure",
+                    "as the budget can measure, among the rows still to measure",
     )
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="further constructor arguments (a plug-in's)"
@@ -515,10 +515,10 @@ class CampaignConfig(_Section):
     surrogate: SurrogateSettings = Field(default_factory=SurrogateSettings)
     acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
     find: Find = Field(
-        "best", description="the campaign's goal: the single best material ('best': where "
-                            "candidates outnumber the budget, ptop aims for the best "
-                            "top_share x budget rows), or many good ones ('top_share': ptop "
-                            "aims for the top share of all candidates)")
+        "best", description="the campaign's goal: the best materials the budget can measure "
+                            "('best': where candidates outnumber the budget, ptop aims for "
+                            "the best top_share x budget rows still to measure), or the top "
+                            "share of all candidates ('top_share')")
     batch_size: int = Field(8, ge=1, le=10_000)
     budget: int = Field(40, ge=1, le=10_000_000, description="maximum number of evaluations")
     evaluator: EvaluatorSettings = Field(default_factory=EvaluatorSettings)

@@ -324,6 +324,23 @@ def top_threshold(
     return decreasing_root(excess, lo, hi, _start(mean, observed, count))
 
 
+def _aim(share: float, total: float, budget: int | None, observed: np.ndarray,
+         w_obs: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """How many rows ``ptop``'s top holds, and the results that count towards it.
+
+    The top is ``share`` of all ``total`` rows (candidates, pending and results), or,
+    where they outnumber ``budget``, the best ``share * budget`` of the rows not yet
+    measured: the results leave the count, since a result in hand cannot be found
+    again. Were they counted, the bar would become the ``share * budget``-th best
+    result once those are measured, a candidate's chance of beating it small
+    everywhere, and the picks would go to rows that might exceed it instead of rows
+    likely to be among the best left (the late collapse in ``benchmarks/README.md``).
+    """
+    if budget is None or total <= budget:
+        return share * total, observed, w_obs
+    return share * budget, observed[:0], None if w_obs is None else w_obs[:0]
+
+
 def _log_probability_of_top(
     conditioned, choices, extra, observed, share, sign, p=None, p_observed=None, budget=None
 ):
@@ -332,7 +349,7 @@ def _log_probability_of_top(
     The rows are the choices, ``extra`` (pending evaluations, or None) and the
     ``observed`` objective values (already signed, in the model's scale). Where
     they outnumber ``budget``, the top is that share of as many rows as the
-    budget can measure: the best ``share * budget`` rows. With
+    budget can measure, counted among the rows still to measure (:func:`_aim`). With
     feasibility probabilities ``p`` (choices and extra) and ``p_observed``, the
     top is the top of the rows more likely feasible than not; the caller
     multiplies by P(feasible). (Counting every row by its probability instead
@@ -350,7 +367,7 @@ def _log_probability_of_top(
     total = (len(rows) if w is None else w.sum()) + (
         len(observed) if w_obs is None else w_obs.sum()
     )
-    count = share * (total if budget is None else min(total, budget))
+    count, observed, w_obs = _aim(share, total, budget, observed, w_obs)
     tau = top_threshold(mean, std, observed, count, w, w_obs)
     # the log keeps far-off candidates ranked where P itself underflows to 0; a
     # mixture's P is the mean of its components'
@@ -569,7 +586,7 @@ def _large_pool_ptop(model, pending_t, choices: Tensor, q: int, observed, share:
     n_pending = 0 if pending_t is None else len(pending_t)
     total = ((n if w is None else w.sum()) + (n_pending if w_pending is None else w_pending.sum())
              + w_obs.sum())
-    count = share * (total if budget is None else min(total, budget))
+    count, observed, w_obs = _aim(share, total, budget, observed, w_obs)
     log_feasible = np.zeros(n) if p is None else p.clamp_min(_MIN_PROBABILITY).log().numpy()
 
     def weighted(mean, std, weights):
@@ -784,11 +801,14 @@ def select_batch(
       condition on each pick's mean before the next. matforge's default.
       Where the rows outnumber ``budget``, the evaluations the campaign may
       spend in all, the top is ``top_share`` of as many rows as the budget can
-      measure (the best ``top_share * budget`` rows): a campaign that can
-      measure a seventh of a pool and aims for 5 % of all of it counts rows
-      just above that bar as wins and spends its budget re-measuring them;
-      aiming higher makes it look for the candidates whose upside is large,
-      which on a large pool finds more top rows (``benchmarks/README.md``).
+      measure, the best ``top_share * budget`` rows still to measure: a
+      campaign that can measure a seventh of a pool and aims for 5 % of all of
+      it counts rows just above that bar as wins and spends its budget
+      re-measuring them; aiming higher makes it look for the candidates whose
+      upside is large. The results leave that count, since a result in hand
+      cannot be found again: counted, the best results would set the bar once
+      measured, and the campaign would stop finding good rows late in the run
+      (``benchmarks/README.md``).
     - ``"pucb"``: upper confidence bound of a new *measurement*: posterior mean
       plus ``sqrt(beta)`` times the predictive standard deviation, learned noise
       included. With noisy, replicated data this keeps re-measuring promising
@@ -860,7 +880,8 @@ def select_batch(
     beta : exploration weight of ``ucb`` and ``pucb``
     top_share : share of all rows that ``ptop`` counts as the top, in (0, 1)
     budget : evaluations the campaign may spend in all (None: unlimited), which
-        ``ptop`` aims by where the rows outnumber it
+        ``ptop`` aims by where the rows outnumber it (its top: the best
+        ``top_share * budget`` rows still to measure)
     constraint : callable giving P(feasible) per row, a bound on the model's second
         output, or None
 

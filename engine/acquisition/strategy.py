@@ -30,7 +30,7 @@ DEFAULT_SURROGATE = "gp"
 DEFAULT_ACQUISITION = "ptop"
 DEFAULT_BETA = 1.0
 FINDS = typing.get_args(Find)
-"""A campaign's goal: the single best material, or many in the top share (``Strategy.find``)."""
+"""A campaign's goal: the best few the budget can measure, or the top share (``Strategy.find``)."""
 GP_DEFAULTS = {"likelihood": "student_t", "df": 2.0}
 """Arguments of the default GP (:class:`~matforge.engine.models.gp.GPSurrogate`) a strategy fits,
 under its ``surrogate_params``: Student-t noise with 2 degrees of freedom whose outliers
@@ -115,12 +115,12 @@ class Strategy:
     budget : evaluations the campaign may spend in all, or None. Where candidates,
         results and pending evaluations together outnumber it, ``ptop`` aims for
         the top ``top_share`` of as many rows as the budget can measure, the
-        best ``top_share * budget`` rows (see ``select_batch``).
+        best ``top_share * budget`` rows still to measure (see ``select_batch``).
     acquisition_params : further keyword arguments of the acquisition (plug-ins)
     find : the campaign's goal, "best" (the default: where the rows outnumber the budget,
-        ``ptop`` aims for the best ``top_share * budget`` rows) or "top_share" (``ptop``
-        aims for the top ``top_share`` of all rows, whatever the budget: many good
-        materials rather than the single best)
+        ``ptop`` aims for the best ``top_share * budget`` rows still to measure) or
+        "top_share" (``ptop`` aims for the top ``top_share`` of all rows, whatever the
+        budget, results included)
     """
 
     surrogate: str = DEFAULT_SURROGATE

@@ -337,6 +337,30 @@ def test_a_budget_much_smaller_than_the_pool_makes_ptop_aim_higher():
             select_batch(model, pool, y_train, 1, kind="ptop", budget=bad)
 
 
+def test_with_a_budget_the_results_in_hand_do_not_raise_ptops_bar():
+    """Where the rows outnumber the budget, ptop aims at the best rows still to measure:
+    a result in hand cannot be found again. Counted, the best results would set the bar
+    once they are measured, and the picks would chase rows that might beat them instead
+    of the best rows left (the late collapse in benchmarks/README.md)."""
+    rng = np.random.default_rng(0)
+    X_train = np.linspace(0.0, 0.5, 26)[:, None]
+    y_train = np.sin(6 * X_train[:, 0]) + 0.02 * rng.normal(size=26)
+    pool = np.linspace(0, 3, 301)[:, None]
+    model = GPSurrogate(random_state=0).fit(X_train, y_train)
+    # results far above every candidate would fill a top of 5 % x 40 = 2 rows on their own
+    in_hand = y_train + np.where(np.arange(26) < 5, 10.0, 0.0)
+    for X in (pool, np.repeat(pool, 40, axis=0)):  # a small pool, and one of > LARGE_POOL rows
+        rows, values = select_batch(model, X, y_train, 2, kind="ptop", budget=40)
+        same_rows, same_values = select_batch(model, X, in_hand, 2, kind="ptop", budget=40)
+        assert same_rows.tolist() == rows.tolist()
+        np.testing.assert_allclose(same_values, values, rtol=1e-9)
+    # without a budget the top is 5 % of all rows, results included: those five fill a
+    # third of it, and the bar rises
+    _, values = select_batch(model, pool, y_train, 1, kind="ptop")
+    _, higher_bar = select_batch(model, pool, in_hand, 1, kind="ptop")
+    assert higher_bar[0] < values[0]
+
+
 def test_the_default_gp_puts_outliers_on_the_worse_side_of_the_goal():
     from matforge.engine.acquisition.strategy import GP_DEFAULTS, Strategy
 
