@@ -23,8 +23,9 @@ def _cases() -> list[Structure]:
     scaled = rocksalt.copy()
     scaled.scale_lattice(rocksalt.volume * 1.15)
     small_rattle = rocksalt.copy()
-    np.random.seed(3)  # perturb draws from numpy's global stream
-    small_rattle.perturb(0.1)
+    # seeded: perturb draws from its own default_rng, and 1 of 300 unseeded rattles of up to
+    # 0.1 A loses Fm-3m at SYMPREC (see dedup.SYMPREC), which made this test fail by chance
+    small_rattle.perturb(0.1, seed=3)
     l12 = Structure(Lattice.cubic(3.75), ["Au", "Cu", "Cu", "Cu"],
                     [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
     d022 = Structure(Lattice.tetragonal(3.75, 7.5),

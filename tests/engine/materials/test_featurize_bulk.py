@@ -87,14 +87,14 @@ def structures() -> list[Structure]:
         rocksalt = Structure(Lattice.cubic(4.2), ["Ni"] * 4 + ["O"] * 4,
                              np.vstack([fcc, fcc + 0.5]) % 1.0)
         rocksalt.replace(int(rng.integers(8)), str(rng.choice(["Li", "Fe", "Cu"])))
-        rocksalt.perturb(0.1, min_distance=0.02)
+        rocksalt.perturb(0.1, min_distance=0.02, seed=int(rng.integers(2**31)))
         out.append(rocksalt)
     for _ in range(8):
         bcc = Structure(Lattice.cubic(3.0), ["Fe", "Pd"], [[0, 0, 0], [0.5, 0.5, 0.5]])
         bcc = bcc * (int(rng.integers(1, 3)), 1, 2)
         for i in range(len(bcc)):
             bcc.replace(i, str(rng.choice(["Fe", "Pd", "Au", "Si"])))
-        bcc.perturb(0.15)
+        bcc.perturb(0.15, seed=int(rng.integers(2**31)))
         out.append(bcc)
     for _ in range(3):
         lengths, angles = rng.uniform(3.0, 6.0, 3), rng.uniform(70, 110, 3)
