@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,28 @@ def _free_port() -> int:
 def free_port():
     """A function returning a TCP port on 127.0.0.1 that nothing listens on (yet)."""
     return _free_port
+
+
+def _stop_process_group(proc: subprocess.Popen) -> None:
+    """Terminate a process started with its own session, and everything it started; kill
+    it where it does not end within 30 s (a Prefect worker sometimes hangs in its shutdown
+    after its server has gone quiet: seen in CI, not what any test here is about)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stop_process_group():
+    """A function that stops a process started with ``start_new_session=True`` and its
+    children: SIGTERM, then SIGKILL after 30 s."""
+    return _stop_process_group
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
 def test_a_prefect_server_on_postgresql_a_worker_and_a_postgresql_store_run_a_campaign(
-    prefect_database, pg_url, free_port, tmp_path
+    prefect_database, pg_url, free_port, tmp_path, stop_process_group
 ):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -75,7 +75,6 @@ def test_a_prefect_server_on_postgresql_a_worker_and_a_postgresql_store_run_a_ca
         assert not list(home.glob("*.db"))
     finally:
         if worker is not None:
-            os.killpg(worker.pid, 15)
-            worker.wait(timeout=60)
+            stop_process_group(worker)
         server.terminate()
         server.wait(timeout=30)

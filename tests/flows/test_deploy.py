@@ -54,7 +54,7 @@ def _trigger_and_wait(env: dict, log: Path, timeout: float = 240) -> object:
 
 
 def test_a_cron_deployment_run_by_a_worker_continues_and_stops(prefect_server, tmp_path,
-                                                                capsys):
+                                                                capsys, stop_process_group):
     path = tmp_path / "nightly.yaml"
     path.write_text(yaml.safe_dump(CAMPAIGN))
     assert main(["deploy", str(path), "--cron", "0 2 * * *", "--per-run", "2",
@@ -95,5 +95,4 @@ def test_a_cron_deployment_run_by_a_worker_continues_and_stops(prefect_server, t
             time.sleep(1)
         assert said and "reached the target 10 (stop.target)" in said[0]
     finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=60)
+        stop_process_group(worker)

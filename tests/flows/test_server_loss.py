@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -50,19 +49,6 @@ def _server(root: Path, name: str, port: int) -> tuple[str, subprocess.Popen]:
     home.mkdir()
     return start_server(port=port, log_path=home / "server.log",
                         env={"PREFECT_HOME": str(home)})
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate a process started with its own session, and everything it started."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def _run(path: Path, api_url: str, home: Path) -> subprocess.Popen:
@@ -118,7 +104,7 @@ class _Lines:
 
 @pytest.mark.slow
 def test_losing_the_prefect_server_stops_the_run_with_one_message_and_a_rerun_continues(
-    tmp_path, free_port
+    tmp_path, free_port, stop_process_group
 ):
     path = _campaign(tmp_path)
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
@@ -132,21 +118,21 @@ def test_losing_the_prefect_server_stops_the_run_with_one_message_and_a_rerun_co
             assert time.monotonic() < deadline, "no evaluation finished within 300 s"
             time.sleep(0.1)
         assert run.poll() is None, f"the run ended before the server was lost: {err.text()}"
-        _stop(server)
+        stop_process_group(server)
         killed = time.monotonic()
         stored = _finished(store_url)
         assert 0 < len(stored) < BUDGET
         try:
             run.wait(timeout=STOP_WITHIN_S)
         except subprocess.TimeoutExpired:
-            _stop(run)
+            stop_process_group(run)
             pytest.fail(f"the run did not stop within {STOP_WITHIN_S:.0f} s of losing the "
                         f"server; stderr since: {err.since(killed)[-20:]}")
         stopped = time.monotonic() - killed
     finally:
-        _stop(server)
+        stop_process_group(server)
         if run is not None:
-            _stop(run)
+            stop_process_group(run)
 
     assert run.returncode == 1, err.text()[-3000:]
     # after the loss: the one message on stderr, nothing else there, no traceback anywhere
@@ -163,11 +149,11 @@ def test_losing_the_prefect_server_stops_the_run_with_one_message_and_a_rerun_co
         try:
             _, stderr = run.communicate(timeout=600)
         except subprocess.TimeoutExpired:
-            _stop(run)
+            stop_process_group(run)
             pytest.fail("the rerun did not finish within 600 s")
     finally:
-        _stop(server)
-        _stop(run)
+        stop_process_group(server)
+        stop_process_group(run)
     assert run.returncode == 0, stderr[-3000:]
     store = CampaignStore(store_url)
     try:
