@@ -74,8 +74,7 @@ def prefect_server(tmp_path_factory):
 
         APILogWorker.drain_all(timeout=10)
     if proc is not None:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop_process_group(proc)
 
 
 TESTING_ADAPTERS = Path(__file__).parent / "data" / "testing_adapters"

@@ -76,5 +76,4 @@ def test_a_prefect_server_on_postgresql_a_worker_and_a_postgresql_store_run_a_ca
     finally:
         if worker is not None:
             stop_process_group(worker)
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process_group(server)
