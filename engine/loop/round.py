@@ -51,7 +51,7 @@ from matforge.engine.materials.structures import (
 )
 from matforge.engine.settings import get_settings
 from matforge.engine.store.records import RoundRecord, RoundResult
-from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation, Owner
+from matforge.engine.store.sql import STATUSES, CampaignStore, Evaluation, Owner, Pick
 from matforge.engine.validation import ResultError, validate_result
 
 EXHAUSTED = "search space exhausted"
@@ -215,9 +215,43 @@ def ranked_training(evaluations: Sequence[Evaluation], before_round: int,
         [e for e in evaluations if e.status == "accepted" and e.round < before_round], maximize)
 
 
+class EvaluationCache:
+    """A campaign's evaluations as :meth:`CampaignStore.evaluations` returns them, read
+    again only where they changed: each :meth:`read` asks the store for every evaluation's
+    status (one small query) and reads whole rows only for new evaluations, those whose
+    status changed and those still running (whose job may have changed). A round reads
+    its campaign three times; without this each read decoded every stored structure and
+    result again, work that grows with the campaign."""
+
+    def __init__(self, store: CampaignStore, campaign_id: int):
+        self.store, self.campaign_id = store, campaign_id
+        self._by_id: dict[int, Evaluation] = {}
+
+    def read(self) -> list[Evaluation]:
+        """The campaign's evaluations now, in the order they were claimed."""
+        statuses = self.store.statuses(self.campaign_id)
+        stale = [i for i, status in statuses.items()
+                 if status == "running" or getattr(self._by_id.get(i), "status", None) != status]
+        if stale:
+            whole = len(stale) > max(100, len(statuses) // 2)  # one plain read is cheaper
+            fresh = self.store.evaluations(self.campaign_id, ids=None if whole else stale)
+            self._by_id.update((e.id, e) for e in fresh)
+        self._by_id = {i: self._by_id[i] for i in statuses if i in self._by_id}
+        return list(self._by_id.values())
+
+
 def _finite(x) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+def _pick(candidate, selection: stages.Selection, k: int) -> Pick:
+    """The claim of the selection's ``k``-th pick, ``candidate``, with what the model said."""
+    structure = candidate.structure
+    return Pick(structure, candidate.fingerprint, candidate.generator, candidate.parent,
+                selection.model_version, _finite(selection.mean[k]), _finite(selection.std[k]),
+                _finite(selection.acquisition[k]),
+                space_group(structure) if isinstance(structure, Structure) else None)
 
 
 def _workdir(config: CampaignConfig, evaluation_id: int, fingerprint: str) -> str:
@@ -306,6 +340,7 @@ def run_round(
     screener: Evaluator | None = None,
     features: stages.ResultFeatures | None = None,
     ahead: ProposalAhead | None = None,
+    evaluations: EvaluationCache | None = None,
 ) -> RoundResult:
     """Run (or finish) round ``round`` of a campaign and return what it did.
 
@@ -320,12 +355,14 @@ def run_round(
     (the campaign's ``screen`` adapter) screens the pool before selection
     (:mod:`~matforge.engine.loop.screen`). ``features`` keeps the run's feature rows;
     ``ahead`` (with ``generator.ahead``) holds the pool proposed for this round while the
-    last one's evaluations ran, and starts the next round's.
+    last one's evaluations ran, and starts the next round's. ``evaluations`` reads the
+    campaign's evaluations (a campaign's run keeps one from round to round).
     """
     started = time.perf_counter()
     stage = partial(run_stage, round=round)
     maximize = config.objective.is_maximized()
-    everything = store.evaluations(campaign_id)  # one read for what the round starts from
+    evaluations = evaluations or EvaluationCache(store, campaign_id)
+    everything = evaluations.read()  # what the round starts from
     training = ranked_training(everything, round, maximize)
     in_round = [e for e in everything if e.round == round]
     counted = [e for e in everything if e.status in STATUSES]
@@ -373,28 +410,19 @@ def run_round(
         model_version, metrics = selection.model_version, selection.metrics
         taken = {e.fingerprint for e in in_round}
         parameters = evaluator.parameters()
-        for k, i in enumerate(selection.indices):
-            cand = pool[int(i)]
-            if cand.fingerprint in taken:
-                continue  # claimed before an interruption: dispatched below if still running
-            if len(claimed) == slots:
-                break
-            evaluation_id, _, new = store.claim(
-                campaign_id, round, cand.structure, cand.fingerprint, cand.generator,
-                config.evaluator.adapter, parameters, parent=cand.parent,
-                model_version=model_version,
-                predicted_mean=_finite(selection.mean[k]),
-                predicted_std=_finite(selection.std[k]),
-                acquisition_value=_finite(selection.acquisition[k]),
-                owner=owner,
-                space_group=space_group(cand.structure) if isinstance(cand.structure, Structure)
-                else None,
-            )
-            claimed.append(evaluation_id)
-            if features is not None and new:  # a new claim of a candidate new to the campaign
-                features.add(evaluation_id, X_raw[int(i)])
-    running = [e for e in store.evaluations(campaign_id, statuses=("running",))
-               if e.owner in (None, owner)]
+        # in the selection's order, those not claimed before an interruption (still running
+        # ones of those are dispatched below), up to the round's free slots
+        picked = [(k, int(i)) for k, i in enumerate(selection.indices)
+                  if pool[int(i)].fingerprint not in taken][:slots]
+        picks = [_pick(pool[i], selection, k) for k, i in picked]
+        claims = store.claim_all(campaign_id, round, picks, config.evaluator.adapter, parameters,
+                                 owner)
+        for (_, i), claim in zip(picked, claims):
+            claimed.append(claim.id)
+            if features is not None and claim.new:  # a new claim of a candidate new to the campaign
+                features.add(claim.id, X_raw[i])
+    running = [e for e in evaluations.read()
+               if e.status == "running" and e.owner in (None, owner)]
     if slots and not pool and not running:
         result = RoundResult(round=round, note=EXHAUSTED,
                              seconds=time.perf_counter() - started)
@@ -410,7 +438,7 @@ def run_round(
                    _workdir(config, e.id, e.fingerprint), e.key or "", owner,
                    config.evaluator.timeout) for e in running])
 
-    results = store.evaluations(campaign_id, statuses=("accepted", "needs_review"))
+    results = [e for e in evaluations.read() if e.status in ("accepted", "needs_review")]
     flagged = stage("flag", stages.flag, config, results, round, features)
     if flagged:
         store.set_status(flagged, "needs_review", note=f"flagged by DBSCAN in round {round}")
@@ -537,6 +565,7 @@ def run_campaign(
     lease = Lease(store, campaign_id, lease_seconds or get_settings().lease, settings)
     lease.acquire(wait, on_wait, config.name)
     features = stages.ResultFeatures(config)
+    evaluations = EvaluationCache(store, campaign_id)
     ahead = ProposalAhead() if config.generator.ahead else None
     with lease, closing(ahead) if ahead is not None else nullcontext():
         rounds = store.rounds(campaign_id)
@@ -554,7 +583,7 @@ def run_campaign(
                 before_round(campaign_id, round)
             result = run_round(config, store, campaign_id, round, evaluator, dispatch,
                                run_stage, lease.id, screener if config.screen else None,
-                               features, ahead)
+                               features, ahead, evaluations)
             if on_round is not None:
                 on_round(result)
             if result.note == EXHAUSTED:

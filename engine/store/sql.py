@@ -40,7 +40,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -216,6 +216,21 @@ class Claim(NamedTuple):
     id: int
     status: str
     new: bool
+
+
+class Pick(NamedTuple):
+    """One candidate to claim (:meth:`CampaignStore.claim_all`): the material, its
+    fingerprint, the generator and parent it came from, and what the model predicted."""
+
+    structure: Material
+    fingerprint: str
+    generator: str
+    parent: str | None = None
+    model_version: str | None = None
+    predicted_mean: float | None = None
+    predicted_std: float | None = None
+    acquisition_value: float | None = None
+    space_group: int | None = None
 
 
 def utcnow() -> datetime:
@@ -842,73 +857,93 @@ class CampaignStore:
         returned as it is, so a repeated round never pays for it twice; of
         concurrent callers exactly one gets ``new=True``.
         """
+        pick = Pick(structure, fingerprint, generator, parent, model_version, predicted_mean,
+                    predicted_std, acquisition_value, space_group)
+        return self.claim_all(campaign_id, round, [pick], adapter, adapter_parameters, owner)[0]
+
+    def claim_all(
+        self,
+        campaign_id: int,
+        round: int,
+        picks: Sequence[Pick],
+        adapter: str,
+        adapter_parameters: dict[str, Any],
+        owner: str | None = None,
+    ) -> list[Claim]:
+        """:meth:`claim` for each of ``picks`` in one transaction (a round's batch: one
+        commit, a handful of statements); the claims in the order of ``picks``. A pick whose
+        key an earlier pick of the list has is returned as that one's claim, ``new=False``."""
         for attempt in range(5):
             try:
-                return self._claim(
-                    campaign_id, round, structure, fingerprint, generator, adapter,
-                    adapter_parameters, parent, model_version, predicted_mean,
-                    predicted_std, acquisition_value, owner, space_group,
-                )
+                return self._claim_all(campaign_id, round, picks, adapter, adapter_parameters,
+                                       owner)
             except IntegrityError:
                 # another process inserted the same candidate or key first: read theirs
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
 
-    def _claim(
-        self, campaign_id, round, structure, fingerprint, generator, adapter, adapter_parameters,
-        parent, model_version, predicted_mean, predicted_std, acquisition_value, owner,
-        space_group,
-    ) -> Claim:
+    def _claim_all(self, campaign_id, round, picks, adapter, adapter_parameters,
+                   owner) -> list[Claim]:
+        if not picks:
+            return []
         with self._session.begin() as s:
             campaign = s.get(CampaignRow, campaign_id)
             if campaign is None:
                 raise KeyError(f"no campaign with id {campaign_id} in {redact_url(self.url)}")
-            key = evaluation_key(campaign.name, fingerprint, adapter, adapter_parameters)
-            taken = s.scalar(
-                select(EvaluationRow).where(
-                    EvaluationRow.campaign_id == campaign_id, EvaluationRow.key == key
-                )
-            )
-            if taken is not None:
-                return Claim(taken.id, taken.status, False)
-            cand = s.scalar(
-                select(CandidateRow).where(
-                    CandidateRow.campaign_id == campaign_id, CandidateRow.fingerprint == fingerprint
-                )
-            )
-            if cand is None:
-                cand = CandidateRow(
+            keys = [evaluation_key(campaign.name, p.fingerprint, adapter, adapter_parameters)
+                    for p in picks]
+            taken = {row.key: row for row in s.scalars(select(EvaluationRow).where(
+                EvaluationRow.campaign_id == campaign_id, EvaluationRow.key.in_(set(keys))))}
+            candidates = {row.fingerprint: row for row in s.scalars(select(CandidateRow).where(
+                CandidateRow.campaign_id == campaign_id,
+                CandidateRow.fingerprint.in_({p.fingerprint for p in picks})))}
+            fresh = [(p, k) for p, k in zip(picks, keys) if k not in taken]
+            for pick, _ in fresh:
+                if pick.fingerprint not in candidates:
+                    composition = composition_of(pick.structure)
+                    candidates[pick.fingerprint] = CandidateRow(
+                        campaign_id=campaign_id,
+                        fingerprint=pick.fingerprint,
+                        formula=composition.formula.replace(" ", ""),
+                        reduced_formula=composition.reduced_formula,
+                        space_group=pick.space_group,
+                        n_atoms=n_atoms(pick.structure),
+                        structure=material_as_dict(pick.structure),
+                        generator=pick.generator,
+                        parent=pick.parent,
+                        round=round,
+                    )
+                    s.add(candidates[pick.fingerprint])
+            s.flush()  # the new candidates' ids
+            new: list[EvaluationRow] = []
+            for pick, key in fresh:
+                if key in taken:
+                    continue  # an earlier pick of the list had this key
+                row = taken[key] = EvaluationRow(
                     campaign_id=campaign_id,
-                    fingerprint=fingerprint,
-                    formula=composition_of(structure).formula.replace(" ", ""),
-                    reduced_formula=composition_of(structure).reduced_formula,
-                    space_group=space_group,
-                    n_atoms=n_atoms(structure),
-                    structure=material_as_dict(structure),
-                    generator=generator,
-                    parent=parent,
+                    candidate_id=candidates[pick.fingerprint].id,
+                    key=key,
                     round=round,
+                    status="running",
+                    adapter=adapter,
+                    adapter_parameters=redact(adapter_parameters),
+                    model_version=pick.model_version,
+                    predicted_mean=pick.predicted_mean,
+                    predicted_std=pick.predicted_std,
+                    acquisition_value=pick.acquisition_value,
+                    owner=owner,
                 )
-                s.add(cand)
-                s.flush()
-            row = EvaluationRow(
-                campaign_id=campaign_id,
-                candidate_id=cand.id,
-                key=key,
-                round=round,
-                status="running",
-                adapter=adapter,
-                adapter_parameters=redact(adapter_parameters),
-                model_version=model_version,
-                predicted_mean=predicted_mean,
-                predicted_std=predicted_std,
-                acquisition_value=acquisition_value,
-                owner=owner,
-            )
-            s.add(row)
+                s.add(row)
+                new.append(row)
             s.flush()
-            return Claim(row.id, row.status, True)
+            made = {id(row) for row in new}
+            claims, seen = [], set()
+            for key in keys:
+                row = taken[key]
+                claims.append(Claim(row.id, row.status, id(row) in made and key not in seen))
+                seen.add(key)
+            return claims
 
     def complete(
         self,
@@ -1025,46 +1060,36 @@ class CampaignStore:
             return new.id
 
     def evaluations(
-        self, campaign_id: int, statuses: tuple[str, ...] | None = None, round: int | None = None
+        self, campaign_id: int, statuses: tuple[str, ...] | None = None, round: int | None = None,
+        ids: Sequence[int] | None = None,
     ) -> list[Evaluation]:
-        """Evaluations of a campaign in the order they were claimed."""
+        """Evaluations of a campaign in the order they were claimed (those of ``statuses``,
+        of ``round``, or with one of ``ids``)."""
+        e, c = EvaluationRow, CandidateRow
         q = (
-            select(EvaluationRow, CandidateRow)
-            .join(CandidateRow, EvaluationRow.candidate_id == CandidateRow.id)
-            .where(EvaluationRow.campaign_id == campaign_id)
-            .order_by(EvaluationRow.id)
+            select(e.id, e.round, e.status, c.fingerprint, c.formula, c.generator, c.structure,
+                   e.objective, e.predicted_mean, e.predicted_std, e.acquisition_value,
+                   e.model_version, e.adapter, e.result, e.error, e.key, e.owner, e.job,
+                   e.review_note, e.reviewed_by, e.reviewed_at)
+            .join(c, e.candidate_id == c.id)
+            .where(e.campaign_id == campaign_id)
+            .order_by(e.id)
         )
         if statuses is not None:
-            q = q.where(EvaluationRow.status.in_(statuses))
+            q = q.where(e.status.in_(statuses))
         if round is not None:
-            q = q.where(EvaluationRow.round == round)
+            q = q.where(e.round == round)
+        if ids is not None:
+            q = q.where(e.id.in_(list(ids)))
         with self._session() as s:
-            return [
-                Evaluation(
-                    id=e.id,
-                    round=e.round,
-                    status=e.status,
-                    fingerprint=c.fingerprint,
-                    formula=c.formula,
-                    generator=c.generator,
-                    structure=c.structure,
-                    objective=e.objective,
-                    predicted_mean=e.predicted_mean,
-                    predicted_std=e.predicted_std,
-                    acquisition_value=e.acquisition_value,
-                    model_version=e.model_version,
-                    adapter=e.adapter,
-                    result=e.result,
-                    error=e.error,
-                    key=e.key,
-                    owner=e.owner,
-                    job=e.job,
-                    review_note=e.review_note,
-                    reviewed_by=e.reviewed_by,
-                    reviewed_at=_aware(e.reviewed_at),
-                )
-                for e, c in s.execute(q)
-            ]
+            return [Evaluation(*row[:-1], reviewed_at=_aware(row[-1])) for row in s.execute(q)]
+
+    def statuses(self, campaign_id: int) -> dict[int, str]:
+        """Each evaluation's status by id, in the order they were claimed: a cheap read that
+        tells which evaluations changed since an earlier :meth:`evaluations`."""
+        with self._session() as s:
+            return dict(s.execute(select(EvaluationRow.id, EvaluationRow.status).where(
+                EvaluationRow.campaign_id == campaign_id).order_by(EvaluationRow.id)).all())
 
     def count(
         self,

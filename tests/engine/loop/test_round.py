@@ -6,7 +6,12 @@ import pytest
 
 from matforge.adapters import load_evaluator
 from matforge.engine.config import ConfigError, parse_config
-from matforge.engine.loop.round import SerialDispatcher, run_campaign, run_round
+from matforge.engine.loop.round import (
+    EvaluationCache,
+    SerialDispatcher,
+    run_campaign,
+    run_round,
+)
 from matforge.engine.store.sql import STATUSES, CampaignStore
 
 CAMPAIGN = {
@@ -90,6 +95,33 @@ def test_a_campaign_runs_to_its_budget_and_a_rerun_adds_nothing(setup):
     ids = [e.id for e in store.evaluations(cid)]
     assert run_campaign(config, store, evaluator, dispatch)["evaluations"] == 12
     assert [e.id for e in store.evaluations(cid)] == ids
+
+
+def test_a_campaign_reads_whole_evaluations_only_where_they_changed(setup, monkeypatch):
+    config, store, evaluator, dispatch, cid = setup
+    read = []  # rows decoded by each whole read
+    evaluations = store.evaluations
+
+    def counted(*args, **kwargs):
+        rows = evaluations(*args, **kwargs)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store, "evaluations", counted)
+    run_round(config, store, cid, 0, evaluator, dispatch)
+    cache = EvaluationCache(store, cid)
+    assert cache.read() == evaluations(cid)
+    read.clear()
+    run_campaign(config, store, evaluator, dispatch)
+    # the run's first read takes the 4 of round 0; then rounds 1 and 2 each decode their 4
+    # claims when claimed and again when evaluated (before: 3 whole reads a round); the
+    # summary at the end reads all 12
+    assert read == [4, 4, 4, 4, 4, 12] and store.count(cid, statuses=STATUSES) == 12
+    # a change the run did not make (a person's review) is seen at the next read
+    first = evaluations(cid)[0]
+    store.set_status([first.id], "needs_review", note="looks odd")
+    assert cache.read() == evaluations(cid)
+    assert next(e for e in cache.read() if e.id == first.id).review_note == "looks odd"
 
 
 @pytest.mark.parametrize("field, change", [

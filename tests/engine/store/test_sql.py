@@ -31,6 +31,7 @@ from matforge.engine.store.records import RoundResult
 from matforge.engine.store.sql import (
     SCHEMA_VERSION,
     CampaignStore,
+    Pick,
     SchemaError,
     evaluation_key,
     utcnow,
@@ -79,6 +80,30 @@ def test_claims_are_idempotent_per_candidate_adapter_and_parameters(store):
     assert store.fingerprints(cid, before_round=0) == set()
     assert store.count(cid, ("running", "accepted")) == 2
     assert store.count(cid, ("running", "accepted"), before_round=0) == 0
+
+
+def test_a_batch_of_claims_is_each_pick_claimed_in_order(store):
+    cid = store.campaign_id("c", {"name": "c"})
+    done = store.claim(cid, 0, _cu(), "fp-c", "test", "emt", {})
+    store.complete(done.id, "accepted", objective=-0.1, result={"energy": -1.0})
+    picks = [Pick(_cu(), "fp-a", "test", predicted_mean=-0.2), Pick(_cu(3.7), "fp-b", "test"),
+             Pick(_cu(), "fp-a", "test"), Pick(_cu(), "fp-c", "test")]
+    a, b, a_again, c = store.claim_all(cid, 1, picks, "emt", {})
+    assert a.new and b.new and b.id > a.id and (a.status, b.status) == ("running", "running")
+    assert a_again == (a.id, "running", False)  # one evaluation per key, even within a batch
+    assert c == (done.id, "accepted", False)  # already paid for
+    assert store.claim_all(cid, 2, picks[:2], "emt", {}) == [a._replace(new=False),
+                                                               b._replace(new=False)]
+    # the same candidates under other adapter settings: new evaluations, the same candidates
+    other = store.claim_all(cid, 2, picks[:2], "emt", {"fmax": 0.01})
+    assert all(claim.new for claim in other)
+    assert store.statuses(cid) == {done.id: "accepted", a.id: "running", b.id: "running",
+                                   other[0].id: "running", other[1].id: "running"}
+    assert [e.fingerprint for e in store.evaluations(cid, ids=[other[1].id, a.id])] == [
+        "fp-a", "fp-b"]
+    assert store.evaluations(cid, ids=[a.id])[0].predicted_mean == -0.2
+    assert store.fingerprints(cid) == {"fp-a", "fp-b", "fp-c"}
+    assert store.claim_all(cid, 3, [], "emt", {}) == []
 
 
 def test_a_finished_result_is_never_overwritten(store):
@@ -268,30 +293,36 @@ def test_a_store_from_a_newer_matforge_is_refused(store_url):
 WRITER = """
 import json, pathlib, sys, time, random
 from pymatgen.core import Lattice, Structure
-from matforge.engine.store.sql import CampaignStore
+from matforge.engine.store.sql import CampaignStore, Pick
 url, worker, n, gate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
 workers = int(sys.argv[5])
 store = CampaignStore(url)
 cid = store.campaign_id("shared")
 # each worker claims a candidate of its own first, then waits until every worker has: all
-# of them write, however the machine schedules them; the rest they race for
+# of them write, however the machine schedules them; the rest they race for, three at a
+# time as a round claims its batch
 fps = [f"fp{i:03d}" for i in range(workers, n)]
 random.Random(worker).shuffle(fps)
-fps.insert(0, f"fp{worker:03d}")
 structure = Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
 (gate / f"ready{worker}").touch()
 while not (gate / "go").exists():
     time.sleep(0.005)
 won = []
-for fp in fps:
-    claim = store.claim(cid, 0, structure, fp, "test", "emt", {"fmax": 0.1})
+def complete(fp, claim):
     if claim.new:
         won.append(fp)
         store.complete(claim.id, "accepted", objective=int(fp[2:]) / 1000, result={"by": worker})
-    if len(won) == 1 and fp == fps[0]:
-        (gate / f"first{worker}").touch()
-        while len(list(gate.glob("first*"))) < workers:
-            time.sleep(0.005)
+own = f"fp{worker:03d}"
+complete(own, store.claim(cid, 0, structure, own, "test", "emt", {"fmax": 0.1}))
+(gate / f"first{worker}").touch()
+while len(list(gate.glob("first*"))) < workers:
+    time.sleep(0.005)
+for i in range(0, len(fps), 3):
+    batch = fps[i:i + 3]
+    claims = store.claim_all(cid, 0, [Pick(structure, fp, "test") for fp in batch], "emt",
+                             {"fmax": 0.1})
+    for fp, claim in zip(batch, claims):
+        complete(fp, claim)
     time.sleep(0.01)  # a dispatch between claims
 print(json.dumps(won))
 """
