@@ -233,7 +233,8 @@ class EvaluationCache:
         stale = [i for i, status in statuses.items()
                  if status == "running" or getattr(self._by_id.get(i), "status", None) != status]
         if stale:
-            whole = len(stale) > max(100, len(statuses) // 2)  # one plain read is cheaper
+            # one plain read where most rows changed, or more than a query should list
+            whole = len(stale) > min(10_000, max(100, len(statuses) // 2))
             fresh = self.store.evaluations(self.campaign_id, ids=None if whole else stale)
             self._by_id.update((e.id, e) for e in fresh)
         self._by_id = {i: self._by_id[i] for i in statuses if i in self._by_id}
