@@ -90,7 +90,34 @@ def split(task_runs, wall: tuple[float, float]) -> dict[str, float]:
     evaluation = covered(spans["evaluation"])
     model = covered(minus(spans["model"], spans["evaluation"]))
     return {"wall": total, "evaluation": evaluation, "model": model,
-            "outside": total - evaluation - model, "stages": stages}
+            "outside": total - evaluation - model, "stages": stages,
+            "gaps": gaps(spans, wall)}
+
+
+GAPS = {
+    (None, "model"): "before the first pick (the flow's start, round 0's pool)",
+    ("model", "evaluation"): "after a pick, before its evaluations (claims, dispatch)",
+    ("evaluation", "model"): "after evaluations, before the next pick (flags, the round's "
+                             "record, the next pool's wait and features)",
+    ("evaluation", "evaluation"): "between evaluations of one round",
+    ("evaluation", None): "after the last evaluation (the flow's end)",
+}
+
+
+def gaps(spans: dict[str, list[tuple[float, float]]],
+         wall: tuple[float, float]) -> dict[str, float]:
+    """The wall time with neither an evaluation nor the model running, summed by what ran
+    just before and just after it (:data:`GAPS`)."""
+    covering = sorted([(a, b, kind) for kind, s in spans.items() for a, b in s])
+    out: dict[str, float] = {}
+    last_end, last_kind = wall[0], None
+    for a, b, kind in covering + [(wall[1], wall[1], None)]:
+        if a > last_end:
+            where = GAPS.get((last_kind, kind), f"{last_kind} to {kind}")
+            out[where] = out.get(where, 0.0) + a - last_end
+        if b >= last_end:
+            last_end, last_kind = b, kind
+    return out
 
 
 def run(budget: int, batch: int, seconds: float, root: Path, ahead: bool = True) -> dict:
@@ -182,6 +209,9 @@ def main(argv=None) -> int:
               f"wall {wall:.1f} s")
         for part in ("evaluation", "model", "outside"):
             print(f"  {part:<11}{figures[part]:8.1f} s  {100 * figures[part] / wall:5.1f} %")
+        print("outside, by what ran before and after it:")
+        for where, spent in sorted(figures["gaps"].items(), key=lambda kv: -kv[1]):
+            print(f"  {spent:6.1f} s  {where}")
         print("task-run seconds by stage (evaluations summed over their parallel runs):")
         for stage, spent in sorted(figures["stages"].items(), key=lambda kv: -kv[1]):
             print(f"  {stage:<14}{spent:8.1f} s")
