@@ -1082,7 +1082,8 @@ class CampaignStore:
         if ids is not None:
             q = q.where(e.id.in_(list(ids)))
         with self._session() as s:
-            return [Evaluation(*row[:-1], reviewed_at=_aware(row[-1])) for row in s.execute(q)]
+            return [Evaluation(**{**row._asdict(), "reviewed_at": _aware(row.reviewed_at)})
+                    for row in s.execute(q)]
 
     def statuses(self, campaign_id: int) -> dict[int, str]:
         """Each evaluation's status by id, in the order they were claimed: a cheap read that
