@@ -420,7 +420,7 @@ def run_round(
                                  owner)
         for (_, i), claim in zip(picked, claims):
             claimed.append(claim.id)
-            if features is not None and claim.new:  # a new claim of a candidate new to the campaign
+            if features is not None and claim.new:  # an evaluation this claim made
                 features.add(claim.id, X_raw[i])
     running = [e for e in evaluations.read()
                if e.status == "running" and e.owner in (None, owner)]

@@ -916,10 +916,11 @@ class CampaignStore:
                     )
                     s.add(candidates[pick.fingerprint])
             s.flush()  # the new candidates' ids
-            new: list[EvaluationRow] = []
+            created: set[str] = set()  # keys of the evaluations this call made
             for pick, key in fresh:
                 if key in taken:
                     continue  # an earlier pick of the list had this key
+                created.add(key)
                 row = taken[key] = EvaluationRow(
                     campaign_id=campaign_id,
                     candidate_id=candidates[pick.fingerprint].id,
@@ -935,14 +936,11 @@ class CampaignStore:
                     owner=owner,
                 )
                 s.add(row)
-                new.append(row)
             s.flush()
-            made = {id(row) for row in new}
-            claims, seen = [], set()
-            for key in keys:
-                row = taken[key]
-                claims.append(Claim(row.id, row.status, id(row) in made and key not in seen))
-                seen.add(key)
+            claims = []
+            for key in keys:  # new only where this call made it, at the key's first pick
+                claims.append(Claim(taken[key].id, taken[key].status, key in created))
+                created.discard(key)
             return claims
 
     def complete(
