@@ -42,7 +42,7 @@ from matforge.engine.loop import campaign as stages
 from matforge.engine.loop import screen as screening
 from matforge.engine.loop.lease import Lease
 from matforge.engine.loop.results import evaluate_isolated, read_result
-from matforge.engine.materials.dedup import StructureIndex, space_group
+from matforge.engine.materials.dedup import MatchMemo, StructureIndex, space_group
 from matforge.engine.materials.structures import (
     StructureError,
     check_material,
@@ -259,14 +259,17 @@ def _workdir(config: CampaignConfig, evaluation_id: int, fingerprint: str) -> st
     return str(Path(config.workdir) / config.name / f"{evaluation_id:06d}-{fingerprint[:10]}")
 
 
-def history(store: CampaignStore, campaign_id: int, round: int) -> StructureIndex:
+def history(store: CampaignStore, campaign_id: int, round: int,
+            memo: MatchMemo | None = None) -> StructureIndex:
     """The candidates dispatched before ``round``, for deduplication: fingerprints and
-    formulas now, stored structures of a formula and space group when a candidate asks."""
+    formulas now, stored structures of a formula and space group when a candidate asks;
+    ``memo``: what the matcher learned in earlier rounds (a campaign's run keeps one)."""
     return StructureIndex(
         store.fingerprints(campaign_id, before_round=round),
         store.formulas(campaign_id, before_round=round),
         lambda formula, group: store.structures_like(campaign_id, formula, group,
-                                                     before_round=round))
+                                                     before_round=round),
+        memo=memo or MatchMemo())
 
 
 class ProposalAhead:
@@ -319,11 +322,11 @@ def proposal_parents(config: CampaignConfig, round: int,
 
 
 def _proposal(config: CampaignConfig, store: CampaignStore, campaign_id: int, round: int,
-              parents: list[Evaluation], run_stage: StageRunner,
+              parents: list[Evaluation], run_stage: StageRunner, memo: MatchMemo | None,
               featurized: bool = False) -> stages.Pool:
     """Round ``round``'s pool; ``featurized``: with its candidates' features."""
     pool = run_stage("propose", stages.propose, config, round, parents,
-                     history(store, campaign_id, round), round=round)
+                     history(store, campaign_id, round, memo), round=round)
     if featurized and pool:
         pool.features = stages.featurize(config, [c.structure for c in pool])
     return pool
@@ -342,6 +345,7 @@ def run_round(
     features: stages.ResultFeatures | None = None,
     ahead: ProposalAhead | None = None,
     evaluations: EvaluationCache | None = None,
+    memo: MatchMemo | None = None,
 ) -> RoundResult:
     """Run (or finish) round ``round`` of a campaign and return what it did.
 
@@ -357,7 +361,8 @@ def run_round(
     (:mod:`~matforge.engine.loop.screen`). ``features`` keeps the run's feature rows;
     ``ahead`` (with ``generator.ahead``) holds the pool proposed for this round while the
     last one's evaluations ran, and starts the next round's. ``evaluations`` reads the
-    campaign's evaluations (a campaign's run keeps one from round to round).
+    campaign's evaluations and ``memo`` keeps what deduplication's matcher learned (a
+    campaign's run keeps one of each from round to round).
     """
     started = time.perf_counter()
     stage = partial(run_stage, round=round)
@@ -378,7 +383,7 @@ def run_round(
         parents = proposal_parents(config, round, training)
         pool = ahead.take(round, _ids(parents)) if ahead is not None else None
         if pool is None:
-            pool = _proposal(config, store, campaign_id, round, parents, run_stage)
+            pool = _proposal(config, store, campaign_id, round, parents, run_stage, memo)
     generated, refused = dict(getattr(pool, "generated", {})), dict(getattr(pool, "refused", {}))
     store.start_round(campaign_id, round, len(pool), None)
     claimed: list[int] = []
@@ -434,7 +439,7 @@ def run_round(
         # round + 1's parents: the results before this round, its training set
         ahead.start(round + 1, _ids(training),
                     partial(_proposal, config, store, campaign_id, round + 1, training,
-                            run_stage, featurized=True))
+                            run_stage, memo, featurized=True))
     dispatch([Work(e.id, e.input_structure(), e.fingerprint,
                    _workdir(config, e.id, e.fingerprint), e.key or "", owner,
                    config.evaluator.timeout) for e in running])
@@ -566,7 +571,7 @@ def run_campaign(
     lease = Lease(store, campaign_id, lease_seconds or get_settings().lease, settings)
     lease.acquire(wait, on_wait, config.name)
     features = stages.ResultFeatures(config)
-    evaluations = EvaluationCache(store, campaign_id)
+    evaluations, memo = EvaluationCache(store, campaign_id), MatchMemo()
     ahead = ProposalAhead() if config.generator.ahead else None
     with lease, closing(ahead) if ahead is not None else nullcontext():
         rounds = store.rounds(campaign_id)
@@ -584,7 +589,7 @@ def run_campaign(
                 before_round(campaign_id, round)
             result = run_round(config, store, campaign_id, round, evaluator, dispatch,
                                run_stage, lease.id, screener if config.screen else None,
-                               features, ahead, evaluations)
+                               features, ahead, evaluations, memo)
             if on_round is not None:
                 on_round(result)
             if result.note == EXHAUSTED:

@@ -15,7 +15,9 @@ says so. Running the matcher against every stored structure would take hours for
 
 A campaign's history takes part without being loaded: :class:`StructureIndex` is
 given the stored fingerprints and reduced formulas, and a function that returns the
-stored structures of one formula and space group when a candidate needs them.
+stored structures of one formula and space group when a candidate needs them. What the
+matcher learns (space groups, reduced cells, verdicts on pairs) is kept by fingerprint in
+a :class:`MatchMemo`, which a campaign's rounds share.
 """
 
 from __future__ import annotations
@@ -67,12 +69,67 @@ StoredLoader = Callable[[str, int], Iterable[tuple[str, Structure, "int | None"]
 structures of that reduced formula whose space group is that one or was never computed."""
 
 
+class MatchMemo:
+    """What the matcher learned, by fingerprint: each structure's space group and reduced
+    cell (the matcher's primitive, Niggli-reduced one), and the verdict on each pair it
+    compared.
+
+    An index makes its own. A campaign's run shares one among its rounds' indexes
+    (:func:`matforge.engine.loop.round.history`), so candidates drawn again round after
+    round (mutants of the same parents), and the stored structures they meet, are
+    grouped, reduced and compared once per run rather than once per round. Equal
+    fingerprints are the same structure up to rotation, translation, atom order and
+    supercell, under which all three are invariant. Each table forgets its older half
+    when it reaches its limit (``structures`` cells and groups, ``pairs`` verdicts);
+    what it forgot is worked out again when asked. Its verdicts are those of the
+    index's default matcher (tolerances 0.2, 0.3 and 5°).
+    """
+
+    def __init__(self, structures: int = 20_000, pairs: int = 200_000):
+        self.limits = (structures, pairs)
+        self._groups: dict[str, int] = {}
+        self._reduced: dict[str, Structure] = {}
+        self._verdicts: dict[tuple[str, str], bool] = {}
+
+    @staticmethod
+    def _remember(table: dict, key, value, limit: int):
+        if len(table) >= limit:
+            for old in list(table)[: limit // 2]:  # the oldest half, in insertion order
+                table.pop(old, None)
+        table[key] = value
+        return value
+
+    def group(self, fingerprint: str, structure: Structure) -> int:
+        found = self._groups.get(fingerprint)
+        if found is None:
+            found = self._remember(self._groups, fingerprint, space_group(structure),
+                                   self.limits[0])
+        return found
+
+    def know_group(self, fingerprint: str, group: int) -> None:
+        self._groups.setdefault(fingerprint, group)
+
+    def reduced(self, fingerprint: str, structure: Structure,
+                reduce: Callable[[Structure], Structure]) -> Structure:
+        found = self._reduced.get(fingerprint)
+        if found is None:
+            found = self._remember(self._reduced, fingerprint, reduce(structure),
+                                   self.limits[0])
+        return found
+
+    def verdict(self, a: str, b: str) -> bool | None:
+        """Whether the matcher called ``a`` and ``b`` the same, or None if never asked."""
+        return self._verdicts.get((a, b) if a < b else (b, a))
+
+    def record(self, a: str, b: str, same: bool) -> bool:
+        return self._remember(self._verdicts, (a, b) if a < b else (b, a), same,
+                              self.limits[1])
+
+
 @dataclass
 class _Kept:
     fingerprint: str
     structure: Structure
-    space_group: int | None  # computed when a structure of the same formula asks
-    reduced: Structure | None = None  # the matcher's primitive, Niggli-reduced cell, once
 
 
 @dataclass
@@ -81,12 +138,13 @@ class StructureIndex:
 
     ``add`` returns whether a structure was new (and keeps it); ``find`` returns the
     fingerprint of the kept or stored structure it matches, or None. ``comparisons``
-    counts matcher calls.
+    counts matcher calls (verdicts the memo held are not calls).
 
     Parameters
     ----------
     stored_fingerprints, stored_formulas : of the structures kept elsewhere (a store)
     load_stored : fetches stored structures by formula and space group (:data:`StoredLoader`)
+    memo : space groups, reduced cells and verdicts known from earlier indexes
     """
 
     stored_fingerprints: Iterable[str] = ()
@@ -95,6 +153,7 @@ class StructureIndex:
     matcher: StructureMatcher = field(default_factory=lambda: StructureMatcher(
         ltol=0.2, stol=0.3, angle_tol=5, primitive_cell=True, scale=True))
     comparisons: int = 0
+    memo: MatchMemo = field(default_factory=MatchMemo)
 
     def __post_init__(self):
         self._fingerprints = set(self.stored_fingerprints)
@@ -129,25 +188,31 @@ class StructureIndex:
         kept = self._kept.get(formula, [])
         if not kept and formula not in self._stored_formulas:
             return None, group
-        group = space_group(structure) if group is None else group
+        memo = self.memo
+        group = memo.group(fp, structure) if group is None else group
         if formula in self._stored_formulas and (formula, group) not in self._loaded:
             self._loaded.add((formula, group))
             known = {k.fingerprint for k in kept}
-            kept.extend(_Kept(f, s, g) for f, s, g in self.load_stored(formula, group)
-                        if f not in known)
+            for f, s, g in self.load_stored(formula, group):
+                if f not in known:
+                    if g is not None:
+                        memo.know_group(f, g)
+                    kept.append(_Kept(f, s))
             self._kept[formula] = kept
-        reduced = None
         for k in kept:
-            if k.space_group is None:
-                k.space_group = space_group(k.structure)
-            if k.space_group == group:
+            if memo.group(k.fingerprint, k.structure) != group:
+                continue
+            same = memo.verdict(fp, k.fingerprint)
+            if same is None:
                 self.comparisons += 1
                 # each cell reduced once, not at every comparison (pymatgen's own
                 # skip_structure_reduction, for fitting one set several times)
-                reduced = self._reduced(structure) if reduced is None else reduced
-                k.reduced = self._reduced(k.structure) if k.reduced is None else k.reduced
-                if self.matcher.fit(reduced, k.reduced, skip_structure_reduction=True):
-                    return k.fingerprint, group
+                same = memo.record(fp, k.fingerprint, self.matcher.fit(
+                    memo.reduced(fp, structure, self._reduced),
+                    memo.reduced(k.fingerprint, k.structure, self._reduced),
+                    skip_structure_reduction=True))
+            if same:
+                return k.fingerprint, group
         return None, group
 
     def _reduced(self, structure: Structure) -> Structure:
@@ -176,8 +241,10 @@ class StructureIndex:
     def _keep(self, structure: Structure, fp: str, group: int | None) -> None:
         self._fingerprints.add(fp)
         if not isinstance(structure, Composition):
+            if group is not None:
+                self.memo.know_group(fp, group)
             self._kept.setdefault(structure.composition.reduced_formula, []).append(
-                _Kept(fp, structure, group))
+                _Kept(fp, structure))
         self._added += 1
 
     def extend(self, structures: Iterable[Structure]) -> list[bool]:

@@ -7,7 +7,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from matforge.engine.materials.dedup import StructureIndex, space_group, structure_key
+from matforge.engine.materials import dedup
+from matforge.engine.materials.dedup import MatchMemo, StructureIndex, space_group, structure_key
 from matforge.engine.materials.structures import fingerprint
 
 
@@ -135,3 +136,35 @@ def test_a_fingerprint_found_to_match_a_kept_structure_needs_no_matcher_again():
     assert index.has_fingerprint(fingerprint(strained))
     assert not index.add(strained.copy()) and index.comparisons == comparisons
     assert index.find(strained) == fingerprint(rocksalt)  # still the kept one's
+
+
+def test_indexes_sharing_a_memo_ask_the_matcher_about_each_pair_once(monkeypatch):
+    structures = _cases()
+    stored = [structures[0], structures[11]]  # rock-salt MgO, L1_2 Cu3Au
+
+    def index(memo):
+        return StructureIndex(
+            [fingerprint(s) for s in stored], [s.composition.reduced_formula for s in stored],
+            lambda formula, group: [(fingerprint(s), s, None) for s in stored
+                                    if s.composition.reduced_formula == formula],
+            memo=memo)
+
+    memo = MatchMemo()
+    first = index(memo)  # round r's history
+    answers = [first.find(s) for s in structures]
+    assert first.comparisons > 0
+    groups = []
+    monkeypatch.setattr(dedup, "space_group", lambda s: groups.append(s) or 1)
+    second = index(memo)  # round r + 1's: the same candidates drawn again
+    assert [second.find(s) for s in structures] == answers
+    assert second.comparisons == 0 and groups == []  # no matcher, no spglib
+    assert answers[5] == answers[7] == fingerprint(structures[0])  # strained, rattled MgO
+    assert index(MatchMemo()).find(structures[5]) == answers[5]
+
+
+def test_a_memo_forgets_its_older_half_at_its_limit():
+    memo = MatchMemo(structures=4, pairs=4)
+    for i in range(5):
+        memo.record(f"a{i}", f"b{i}", i % 2 == 0)
+    assert memo.verdict("a0", "b0") is None and memo.verdict("a1", "b1") is None
+    assert memo.verdict("b2", "a2") is True and memo.verdict("a3", "b3") is False
