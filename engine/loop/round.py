@@ -273,9 +273,10 @@ def history(store: CampaignStore, campaign_id: int, round: int,
 
 
 class ProposalAhead:
-    """The next round's pool, proposed in a thread while this round's evaluations run
-    (``generator.ahead``). The thread runs in a copy of the caller's context, so a flow's
-    stage task shows there as the next round's ``propose``."""
+    """The next round's pool, proposed and featurized in a thread while this round's
+    evaluations run (``generator.ahead``). The thread runs in a copy of the caller's
+    context, so a flow's stage tasks show there as the next round's ``propose`` and
+    ``featurize``."""
 
     def __init__(self):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="matforge-propose")
@@ -328,7 +329,8 @@ def _proposal(config: CampaignConfig, store: CampaignStore, campaign_id: int, ro
     pool = run_stage("propose", stages.propose, config, round, parents,
                      history(store, campaign_id, round, memo), round=round)
     if featurized and pool:
-        pool.features = stages.featurize(config, [c.structure for c in pool])
+        pool.features = run_stage("featurize", stages.featurize, config,
+                                  [c.structure for c in pool], round=round)
     return pool
 
 
@@ -390,9 +392,12 @@ def run_round(
     # a round resumed with its claims complete keeps the model that picked them
     model_version = in_round[0].model_version if in_round else None
     if pool:
-        X_train, X_pool = stage("featurize", stages.featurize_round, config, training,
-                                [c.structure for c in pool], features,
-                                getattr(pool, "features", None))
+        made = getattr(pool, "features", None)
+        # a pool proposed ahead was featurized then, in a task of its own; what is left
+        # (the training rows, kept in ``features``) is not worth a task run
+        X_train, X_pool = (stage if made is None else call_stage)(
+            "featurize", stages.featurize_round, config, training, [c.structure for c in pool],
+            features, made)
         X_raw = X_pool  # the featurizer's rows, before a screen value is appended
         if screener is not None and getattr(screener, "trainable", False):
             screener = stage("train_screen", screening.train_screener, screener, training)

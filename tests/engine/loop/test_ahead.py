@@ -73,6 +73,13 @@ def test_pools_proposed_ahead_are_the_pools_a_round_by_round_run_proposes(tmp_pa
                   if e.id in parents}
         assert rounds == (set(range(round - 1)) if round > 1 else set())
     assert recorded.proposals(2)[0][3]  # round 2 mutates round 0's results
+    # featurized there too, in a stage of its own; round 0's pool, proposed where it ran,
+    # is featurized in the main thread's stage
+    featurized = [(round, thread) for name, round, thread, _ in recorded.calls
+                  if name == "featurize"]
+    assert featurized[0] == (0, threading.main_thread().name)
+    assert [r for r, _ in featurized[1:]] == [1, 2]
+    assert all(thread.startswith("matforge-propose") for _, thread in featurized[1:])
 
     # the same campaign, one round at a time, each proposed where it runs (as a restarted
     # run would): the same claims, so the pipelined pools are the ones the setting defines
