@@ -21,14 +21,19 @@ from prefect.artifacts import (
 )
 
 from matforge.engine.config import CampaignConfig
+from matforge.engine.loop.isolate import run_isolated
 from matforge.engine.loop.report import (
     Report,
-    campaign_report,
     reduced,
+    report_at,
     significant,
     with_uncertainty,
 )
 from matforge.engine.store.sql import STATUSES, CampaignStore
+
+REPORT_SECONDS = 600.0
+"""How long a round's report may take to draw before its process is stopped (the round's
+artifacts are then not published; the campaign goes on)."""
 
 
 def artifact_key(campaign: str, what: str) -> str:
@@ -36,20 +41,19 @@ def artifact_key(campaign: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{campaign}-{what}".lower()).strip("-")
 
 
-def baseline_of(store: CampaignStore, name: str):
-    """The evaluations of the campaign's random baseline (``<name>-random``), if it was run."""
-    try:
-        return store.evaluations(store.campaign_id(f"{name}-random"))
-    except KeyError:
-        return []
-
-
 def publish_round(config: CampaignConfig, store: CampaignStore, campaign_id: int,
                   unit: str = "") -> Report:
     """The picks table, the report and the budget's progress, after a round; returns the
-    report."""
-    evaluations = store.evaluations(campaign_id)
-    report = campaign_report(config, evaluations, baseline_of(store, config.name), unit)
+    report.
+
+    The report is drawn in a child process (the evaluations' fork server's,
+    :func:`~matforge.engine.loop.isolate.run_isolated`), which reads the store itself: drawn
+    in a thread of the campaign's process, its figures (about 1 s of matplotlib at 200
+    results) held the interpreter's lock against the next round's pick and proposal
+    (``benchmarks/orchestration.py``).
+    """
+    report = run_isolated(report_at, (config.store, config, campaign_id, unit), REPORT_SECONDS,
+                          label=f"{config.name} report")
     if report.picks:
         create_table_artifact(
             key=artifact_key(config.name, "picks"), table=report.picks,

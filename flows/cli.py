@@ -319,8 +319,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from matforge.engine.loop.report import campaign_report
-    from matforge.flows.artifacts import baseline_of
+    from matforge.engine.loop.report import stored_report
 
     try:
         with _campaign(args) as (store, cid, config):
@@ -328,8 +327,7 @@ def cmd_report(args) -> int:
             why = _unwritable(out)
             if why:
                 raise _Refused(f"--out {out}: {why}")
-            report = campaign_report(config, store.evaluations(cid),
-                                     baseline_of(store, config.name), _declared_unit(config))
+            report = stored_report(store, config, cid, _declared_unit(config))
     except _Refused as error:
         return _fail(str(error))
     out.write_text(report.html())

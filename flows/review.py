@@ -16,10 +16,10 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from matforge.engine.config import CampaignConfig
-from matforge.engine.loop.report import campaign_report, markdown_table
+from matforge.engine.loop.report import markdown_table, stored_report
 from matforge.engine.loop.round import ReviewDecisions, apply_review
 from matforge.engine.store.sql import CampaignStore
-from matforge.flows.artifacts import baseline_of, publish_review, review_rows
+from matforge.flows.artifacts import publish_review, review_rows
 
 
 class ReviewInput(RunInput):
@@ -35,8 +35,7 @@ class ReviewInput(RunInput):
 
 def _description(config: CampaignConfig, store: CampaignStore, campaign_id: int) -> str:
     rows = review_rows(config, store, campaign_id)
-    report = campaign_report(config, store.evaluations(campaign_id),
-                             baseline_of(store, config.name))
+    report = stored_report(store, config, campaign_id)
     figures = [f for f in report.figures if f.key in ("map", "parity")]
     return "\n".join([
         f"## {config.name}: {len(rows)} result(s) wait for review", "",

@@ -33,7 +33,7 @@ from sklearn.decomposition import PCA
 from matforge.engine.config import CampaignConfig
 from matforge.engine.loop.anomaly import cluster_labels
 from matforge.engine.loop.campaign import anomaly_inputs, anomaly_settings, result_value
-from matforge.engine.store.sql import Evaluation
+from matforge.engine.store.sql import CampaignStore, Evaluation, runtime_url
 
 FINISHED_OK = ("accepted", "needs_review", "rejected")
 """Statuses with a result (a rejected one is kept, out of training)."""
@@ -308,6 +308,32 @@ def campaign_report(config: CampaignConfig, evaluations: Sequence[Evaluation],
     last = max(e.round for e in evaluations)
     report.picks, report.picks_round = picks(evaluations, last, unit), last
     return report
+
+
+def baseline_of(store: CampaignStore, name: str) -> list[Evaluation]:
+    """The evaluations of the campaign's random baseline (``<name>-random``), if it was run."""
+    try:
+        return store.evaluations(store.campaign_id(f"{name}-random"))
+    except KeyError:
+        return []
+
+
+def stored_report(store: CampaignStore, config: CampaignConfig, campaign_id: int,
+                  unit: str = "") -> Report:
+    """:func:`campaign_report` of a stored campaign, beside its random baseline if it was run."""
+    return campaign_report(config, store.evaluations(campaign_id), baseline_of(store, config.name),
+                           unit)
+
+
+def report_at(url: str, config: CampaignConfig, campaign_id: int, unit: str = "") -> Report:
+    """:func:`stored_report` of the store at ``url``: what a child process runs to draw a
+    running campaign's figures (:func:`~matforge.engine.loop.isolate.run_isolated`), away
+    from the campaign's own process."""
+    store = CampaignStore(runtime_url(url), create=False)
+    try:
+        return stored_report(store, config, campaign_id, unit)
+    finally:
+        store.close()
 
 
 def round_lines(config: CampaignConfig, result, unit: str = "",

@@ -16,7 +16,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import ArtifactSort
 
-from matforge.engine.config import load_config
+from matforge.adapters.registry import build_evaluators
+from matforge.engine.config import load_config, parse_config
+from matforge.engine.loop import report as report_module
+from matforge.engine.loop.report import stored_report
+from matforge.engine.loop.round import run_campaign
+from matforge.engine.store.sql import CampaignStore
+from matforge.flows import artifacts
+from matforge.flows.artifacts import publish_round
 from matforge.flows.campaign import campaign_flow
 from matforge.flows.cli import main
 
@@ -85,3 +92,28 @@ def test_a_campaign_names_its_runs_and_publishes_its_artifacts(prefect_server, t
     assert page.startswith("<!DOCTYPE html>") and page.count("<img ") >= 4
     assert "12 of 12 evaluations claimed" in page and "http" not in page
     assert str(out) in capsys.readouterr().out
+
+
+def test_a_rounds_report_is_drawn_in_a_process_of_its_own(prefect_server, tmp_path,
+                                                          monkeypatch):
+    # drawn in a thread of the campaign's process, its figures held the interpreter's lock
+    # against the next round's pick and proposal (benchmarks/orchestration.py)
+    config, evaluator, _ = build_evaluators(parse_config(
+        {**CAMPAIGN, "budget": 4, "store": f"sqlite:///{tmp_path / 'store.db'}",
+         "workdir": str(tmp_path / "runs")}))
+    store = CampaignStore(config.store)
+    run_campaign(config, store, evaluator)
+    cid = store.campaign_id(config.name)
+    expected = stored_report(store, config, cid)
+
+    def drawn_here(*args, **kwargs):
+        raise AssertionError("the report was drawn in the campaign's process")
+
+    for module in (report_module, artifacts):
+        monkeypatch.setattr(module, "campaign_report", drawn_here, raising=False)
+    report = publish_round(config, store, cid)
+    assert [f.key for f in report.figures] == [f.key for f in expected.figures]
+    assert report.summary == expected.summary and report.picks == expected.picks
+    with get_client(sync_client=True) as client:
+        (latest, *_) = _artifacts(client, "ui-test-report")
+        assert latest.data == report.markdown()
