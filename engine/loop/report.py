@@ -22,6 +22,7 @@ import base64
 import html
 import io
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -326,9 +327,11 @@ def stored_report(store: CampaignStore, config: CampaignConfig, campaign_id: int
 
 
 def report_at(url: str, config: CampaignConfig, campaign_id: int, unit: str = "") -> Report:
-    """:func:`stored_report` of the store at ``url``: what a child process runs to draw a
-    running campaign's figures (:func:`~matforge.engine.loop.isolate.run_isolated`), away
-    from the campaign's own process."""
+    """:func:`stored_report` of the store at ``url``, in a child process that draws a running
+    campaign's figures (:func:`~matforge.engine.loop.isolate.run_isolated`) away from the
+    campaign's own process. It lowers its process's CPU priority first (niceness +10), so
+    that the campaign's next proposal, which runs meanwhile, comes first."""
+    os.nice(10)
     store = CampaignStore(runtime_url(url), create=False)
     try:
         return stored_report(store, config, campaign_id, unit)
