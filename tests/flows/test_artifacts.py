@@ -19,6 +19,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from matforge.adapters.registry import build_evaluators
 from matforge.engine.config import load_config, parse_config
 from matforge.engine.loop import report as report_module
+from matforge.engine.loop.isolate import run_isolated
 from matforge.engine.loop.report import stored_report
 from matforge.engine.loop.round import run_campaign
 from matforge.engine.store.sql import CampaignStore
@@ -98,9 +99,9 @@ def test_a_rounds_report_is_drawn_in_a_process_of_its_own(prefect_server, tmp_pa
                                                           monkeypatch):
     # drawn in a thread of the campaign's process, its figures held the interpreter's lock
     # against the next round's pick and proposal (benchmarks/orchestration.py)
-    config, evaluator, _ = build_evaluators(parse_config(
-        {**CAMPAIGN, "budget": 4, "store": f"sqlite:///{tmp_path / 'store.db'}",
-         "workdir": str(tmp_path / "runs")}))
+    run_isolated(int, (), None)  # the fork server runs, started in another directory:
+    monkeypatch.chdir(tmp_path)  # its child opens the relative store path from this one
+    config, evaluator, _ = build_evaluators(parse_config({**CAMPAIGN, "budget": 4}))
     store = CampaignStore(config.store)
     run_campaign(config, store, evaluator)
     cid = store.campaign_id(config.name)
