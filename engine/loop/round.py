@@ -246,13 +246,17 @@ def _finite(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def _pick(candidate, selection: stages.Selection, k: int) -> Pick:
-    """The claim of the selection's ``k``-th pick, ``candidate``, with what the model said."""
+def _pick(candidate, selection: stages.Selection, k: int, memo: MatchMemo | None) -> Pick:
+    """The claim of the selection's ``k``-th pick, ``candidate``, with what the model said;
+    its space group is the one deduplication found (``memo``) when it looked."""
     structure = candidate.structure
+    group = None
+    if isinstance(structure, Structure):
+        group = (memo.group(candidate.fingerprint, structure) if memo is not None
+                 else space_group(structure))
     return Pick(structure, candidate.fingerprint, candidate.generator, candidate.parent,
                 selection.model_version, _finite(selection.mean[k]), _finite(selection.std[k]),
-                _finite(selection.acquisition[k]),
-                space_group(structure) if isinstance(structure, Structure) else None)
+                _finite(selection.acquisition[k]), group)
 
 
 def _workdir(config: CampaignConfig, evaluation_id: int, fingerprint: str) -> str:
@@ -425,7 +429,7 @@ def run_round(
         # ones of those are dispatched below), up to the round's free slots
         picked = [(k, int(i)) for k, i in enumerate(selection.indices)
                   if pool[int(i)].fingerprint not in taken][:slots]
-        picks = [_pick(pool[i], selection, k) for k, i in picked]
+        picks = [_pick(pool[i], selection, k, memo) for k, i in picked]
         claims = store.claim_all(campaign_id, round, picks, config.evaluator.adapter, parameters,
                                  owner)
         for (_, i), claim in zip(picked, claims):

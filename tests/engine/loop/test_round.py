@@ -124,6 +124,34 @@ def test_a_campaign_reads_whole_evaluations_only_where_they_changed(setup, monke
     assert next(e for e in cache.read() if e.id == first.id).review_note == "looks odd"
 
 
+def test_each_pick_is_stored_with_its_space_group_found_once(setup, monkeypatch):
+    config, store, evaluator, dispatch, cid = setup
+    from matforge.engine.loop import round as round_module
+    from matforge.engine.materials import dedup
+
+    found = dedup.space_group
+    asked = []  # the fingerprint of each structure spglib was asked about
+
+    def counted(structure):
+        asked.append(dedup.fingerprint_of(structure))
+        return found(structure)
+
+    monkeypatch.setattr(dedup, "space_group", counted)
+    monkeypatch.setattr(round_module, "space_group", counted)
+    memo = dedup.MatchMemo()
+    for r in range(3):
+        run_round(config, store, cid, r, evaluator, dispatch, memo=memo)
+    picked = store.evaluations(cid)
+    assert len(picked) == 12
+    for e in picked:  # stored with its own space group, as deduplication looks it up
+        structure = e.input_structure()
+        like = store.structures_like(cid, structure.composition.reduced_formula,
+                                     found(structure))
+        assert (e.fingerprint, found(structure)) in [(fp, g) for fp, _, g in like]
+    # deduplication's lookups and the claims share the run's memo: no structure twice
+    assert len(asked) == len(set(asked)) > 0
+
+
 @pytest.mark.parametrize("field, change", [
     ("objective.property", {"objective": {"property": "formation_energy_per_atm"}}),
     ("constraints.0.property",
